@@ -1,0 +1,180 @@
+"""`mcpgw`: serve the gateway, check a config, list the catalog.
+
+Exit codes: 0 ok; 1 the config is valid but something is wrong at run time (an upstream failed,
+tools were withheld); 2 the config itself is invalid or the command line is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from mcpgw import __version__
+from mcpgw.config import Config, ConfigError, load_config
+from mcpgw.gateway import Gateway
+from mcpgw.netutil import is_loopback
+from mcpgw.upstream import Status
+
+log = logging.getLogger("mcpgw")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    for noisy in ("httpx", "httpx2", "mcp", "uvicorn.error", "sse_starlette"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=Path(os.environ.get("MCPGW_CONFIG", "servers.toml")),
+                        help="path to servers.toml (default: ./servers.toml, or $MCPGW_CONFIG)")
+    parser.add_argument("--policies", type=Path, default=None,
+                        help="policies directory (default: policies/ beside the config; not used yet)")
+    parser.add_argument("--log-level", default=os.environ.get("MCPGW_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"])
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    gateway = Gateway(config)
+    if args.transport == "stdio":
+        from mcpgw.front.stdio import serve_stdio
+
+        anyio.run(serve_stdio, gateway)
+        return 0
+    if not is_loopback(args.host):
+        print(
+            f"mcpgw: refusing to serve on {args.host}: without [auth] the HTTP front is only offered on "
+            "loopback (127.0.0.1, ::1, localhost). Put an authenticating reverse proxy in front, or bind "
+            "to loopback.",
+            file=sys.stderr,
+        )
+        return 2
+    from mcpgw.front.http import serve_http
+
+    log.info("no [auth] configured: the HTTP front accepts unauthenticated clients on loopback only")
+    anyio.run(serve_http, gateway, args.host, args.port)
+    return 0
+
+
+async def _settle(config: Config) -> tuple[Gateway, dict[str, Any]]:
+    """Start every upstream once, wait until each is up or has failed, and take a report."""
+    gateway = Gateway(config)
+    async with anyio.create_task_group() as tg:
+        await tg.start(gateway.run)
+        await gateway.wait_settled(config.gateway.connect_timeout + 1)
+        report = gateway.readiness()
+        tg.cancel_scope.cancel()
+    return gateway, report
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(f"{config.source}: configuration is valid ({len(config.servers)} server(s))")
+    gateway, report = anyio.run(_settle, config)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    failed = False
+    if not args.json:
+        for name, info in report["upstreams"].items():
+            server = config.servers[name]
+            status = info["status"]
+            mark = "ok  " if status == Status.UP.value else "FAIL"
+            detail = f"{info['tools']} tool(s)" if status == Status.UP.value else info["error"] or status
+            print(f"  {mark} {name:<20} {server.kind:<6} prefix={config.prefix_of(name)!r:<12} {detail}")
+            for warning in info["warnings"]:
+                print(f"       warning: {warning}")
+            for problem in info["catalog_problems"]:
+                print(f"       problem: {problem}")
+            for entry in sorted(gateway.catalog.tools_of(name), key=lambda e: e.exported):
+                print(f"       {entry.exported}")
+        disabled = [n for n, s in config.servers.items() if not s.enabled]
+        for name in disabled:
+            print(f"  off  {name:<20} (enabled = false)")
+        print(f"catalog: {report['tools']} tool(s) from {report['upstreams_up']}/{report['upstreams_total']} "
+              "upstream(s) up")
+    for info in report["upstreams"].values():
+        if info["status"] != Status.UP.value or any("withheld" in p for p in info["catalog_problems"]):
+            failed = True
+    return 1 if failed else 0
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    config = _load(args)
+    gateway, report = anyio.run(_settle, config)
+    tools = gateway.catalog.tools
+    if args.json:
+        print(json.dumps([t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools], indent=2))
+    else:
+        width = max((len(t.name) for t in tools), default=0)
+        for tool in tools:
+            first_line = (tool.description or "").strip().splitlines()[0:1]
+            print(f"{tool.name:<{width}}  {first_line[0] if first_line else ''}")
+    down = [n for n, info in report["upstreams"].items() if info["status"] != Status.UP.value]
+    for name in down:
+        print(f"mcpgw: upstream {name!r} is not up: {report['upstreams'][name]['error']}", file=sys.stderr)
+    return 1 if down else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcpgw", description="An MCP gateway.")
+    parser.add_argument("--version", action="version", version=f"mcpgw {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    _add_config_args(serve)
+    serve.add_argument("--transport", choices=["stdio", "http", "sse"], default="stdio",
+                       help="stdio (default; what agent hosts launch) or http (Streamable HTTP at /mcp and "
+                            "legacy SSE at /sse on one port; 'sse' is the same server)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8808, help="0 picks a free port (printed on stderr)")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check", help="validate the config, start every upstream once, print the catalog")
+    _add_config_args(check)
+    check.add_argument("--json", action="store_true", help="print the readiness report as JSON")
+    check.set_defaults(func=cmd_check)
+
+    tools = sub.add_parser("tools", help="list the namespaced tool catalog")
+    _add_config_args(tools)
+    tools.add_argument("--json", action="store_true", help="print full tool definitions as JSON")
+    tools.set_defaults(func=cmd_tools)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    quiet = args.command in ("check", "tools") and args.log_level == "info"
+    _setup_logging("warning" if quiet else args.log_level)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _entry() -> Any:  # pragma: no cover
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

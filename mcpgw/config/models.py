@@ -1,0 +1,136 @@
+"""Typed configuration: what `servers.toml` means once it has been parsed and checked.
+
+These models are the only place the shape of the file is defined. They are immutable
+(`frozen`) because a running gateway swaps whole snapshots rather than editing one in place,
+and strict about unknown keys (`extra="forbid"`) because a misspelt key that is silently
+ignored is worse than a start-up error.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+"""Server names become tool-name prefixes, so they obey the MCP tool-name alphabet."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySettings(_Model):
+    """The `[gateway]` table: settings that apply to every upstream unless a server overrides them."""
+
+    name: str = "mcpgw"
+    separator: str = Field(default="__", min_length=1, max_length=8)
+    call_timeout: float = Field(default=60.0, gt=0, description="seconds a tools/call may take upstream")
+    connect_timeout: float = Field(default=30.0, gt=0, description="seconds to start and list one upstream")
+    startup_wait: float = Field(
+        default=5.0,
+        ge=0,
+        description="seconds a first tools/list waits for upstreams that are still starting",
+    )
+    page_size: int = Field(default=1000, ge=1, description="tools per tools/list page")
+    health_interval: float = Field(default=30.0, gt=0, description="seconds between liveness probes of an upstream")
+    restart_backoff: float = Field(default=0.5, gt=0, description="first delay before reconnecting an upstream")
+    restart_backoff_max: float = Field(default=30.0, gt=0)
+    allowed_hosts: tuple[str, ...] = Field(
+        default=(),
+        description="extra Host header values the HTTP front accepts (loopback names are always accepted)",
+    )
+    allowed_origins: tuple[str, ...] = Field(
+        default=(),
+        description="extra Origin header values the HTTP front accepts (loopback origins are always accepted)",
+    )
+
+    @field_validator("separator")
+    @classmethod
+    def _separator_alphabet(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+            raise ValueError("separator may only use letters, digits, '_', '.' and '-' (the MCP tool-name alphabet)")
+        return value
+
+
+class ToolFilter(_Model):
+    """Glob filters over an upstream's own tool names (before namespacing)."""
+
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+
+
+class _ServerBase(_Model):
+    prefix: str | None = Field(default=None, description="namespace prefix; default: the server's name")
+    timeout: float | None = Field(default=None, gt=0, description="per-call timeout; default: gateway.call_timeout")
+    tools: ToolFilter = ToolFilter()
+    enabled: bool = True
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_alphabet(cls, value: str | None) -> str | None:
+        if value and not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+            raise ValueError("prefix may only use letters, digits, '_', '.' and '-' (the MCP tool-name alphabet)")
+        return value
+
+
+class StdioServer(_ServerBase):
+    """An MCP server the gateway launches and talks to over its stdin/stdout."""
+
+    kind: Literal["stdio"]
+    command: str = Field(min_length=1)
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: Path | None = Field(default=None, description="default: the directory that holds servers.toml")
+
+
+class _RemoteBase(_ServerBase):
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value
+
+
+class HttpServer(_RemoteBase):
+    """A remote MCP server over Streamable HTTP (`url` is the MCP endpoint, e.g. https://host/mcp)."""
+
+    kind: Literal["http"]
+
+
+class SseServer(_RemoteBase):
+    """A remote MCP server over the legacy HTTP+SSE transport (`url` is the SSE endpoint)."""
+
+    kind: Literal["sse"]
+    sse_read_timeout: float = Field(default=300.0, gt=0)
+
+
+McpServer = Annotated[StdioServer | HttpServer | SseServer, Field(discriminator="kind")]
+ServerConfig = McpServer
+"""Every upstream kind. `openapi` and `rest` join this union when their connector lands."""
+
+PLANNED_KINDS = frozenset({"openapi", "rest"})
+KNOWN_KINDS = ("stdio", "http", "sse")
+PLANNED_TABLES = frozenset({"auth", "audit", "llm", "limits", "telemetry"})
+
+
+class Config(_Model):
+    """One immutable snapshot of `servers.toml`."""
+
+    gateway: GatewaySettings = GatewaySettings()
+    servers: dict[str, ServerConfig] = Field(default_factory=dict)
+    source: Path | None = Field(default=None, exclude=True, description="the file this snapshot was read from")
+
+    def prefix_of(self, name: str) -> str:
+        server = self.servers[name]
+        return name if server.prefix is None else server.prefix
+
+    def timeout_of(self, name: str) -> float:
+        server = self.servers[name]
+        return server.timeout if server.timeout is not None else self.gateway.call_timeout

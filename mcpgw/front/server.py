@@ -1,0 +1,178 @@
+"""The MCP server face of the gateway: turns MCP requests into Steps and results back.
+
+Built on the SDK's low-level `Server`, one object for every transport and both protocol eras.
+Handlers here do three things only: build a `Step` from the request, run it through the
+pipeline, and translate the outcome into MCP. No policy, limits or routing live here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+import anyio
+import mcp.types as t
+from mcp import MCPError
+from mcp.server import NotificationOptions, Server, ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult
+from mcp.server.models import InitializationOptions
+from mcp.server.session import ServerSession
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from pydantic import ValidationError
+
+from mcpgw import __version__
+from mcpgw.catalog import InvalidCursor, paginate
+from mcpgw.gateway import Gateway
+from mcpgw.pipeline.errors import INTERNAL_ERROR, INVALID_PARAMS, StepError, UpstreamTimeout, UpstreamUnavailable
+from mcpgw.pipeline.step import Caller, Step, StepKind
+
+log = logging.getLogger("mcpgw.front")
+
+_NOT_FORWARDED_META = ("progressToken", "traceparent", "tracestate")
+"""`_meta` keys that belong to the agent↔gateway hop. Progress is relayed by the gateway with its
+own token upstream, and trace context is re-injected by the SDK for the gateway's own span."""
+
+
+class GatewayServer(Server[Any]):
+    """A low-level Server that advertises `listChanged`, because the gateway does deliver it."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(tools_changed=True),
+            experimental_capabilities,
+            extensions,
+        )
+
+
+class Notifier:
+    """Delivers `notifications/tools/list_changed` to every connected agent, in both eras.
+
+    Handshake-era agents get it on their session's standalone stream (captured when they send
+    `notifications/initialized`); 2026-07-28 agents only through a `subscriptions/listen`
+    stream, which the SDK's `ListenHandler` serves from `bus`.
+    """
+
+    def __init__(self) -> None:
+        self.bus = InMemorySubscriptionBus()
+        self.legacy_sessions: set[ServerSession] = set()
+
+    async def on_initialized(self, ctx: ServerRequestContext[Any], params: t.NotificationParams | None) -> None:
+        session = ctx.session
+        self.legacy_sessions.add(session)
+        connection = getattr(session, "_connection", None)  # SDK-private; pruning on close needs it
+        exit_stack = getattr(connection, "exit_stack", None)
+        if exit_stack is not None:
+            exit_stack.callback(self.legacy_sessions.discard, session)
+
+    async def tools_changed(self) -> None:
+        await self.bus.publish(ToolsListChanged())
+        for session in list(self.legacy_sessions):
+            try:
+                await session.send_tool_list_changed()
+            except Exception:  # boundary: a dead session is dropped, not fatal
+                self.legacy_sessions.discard(session)
+
+
+def _caller(ctx: ServerRequestContext[Any], transport: str) -> Caller:
+    name = version = None
+    params = ctx.session.client_params
+    if params is not None:
+        name, version = params.client_info.name, params.client_info.version
+    elif ctx.meta:
+        info = cast(dict[str, Any], ctx.meta).get(t.CLIENT_INFO_META_KEY)
+        if isinstance(info, dict):
+            name, version = info.get("name"), info.get("version")
+    request = ctx.request
+    session_id = None
+    if request is not None:
+        transport = "sse" if request.url.path.rstrip("/").endswith("messages") else "http"
+        session_id = request.headers.get("mcp-session-id")
+    return Caller(transport, ctx.protocol_version, name, version, session_id)
+
+
+def _forwardable_meta(ctx: ServerRequestContext[Any]) -> dict[str, Any]:
+    raw = (ctx.params or {}).get("_meta")
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        k: v for k, v in raw.items() if k not in _NOT_FORWARDED_META and not k.startswith("io.modelcontextprotocol/")
+    }
+
+
+def _error_result(message: str, reason: str) -> t.CallToolResult:
+    """A model-readable failure: the agent sees why the tool did not run and can decide what to do."""
+    return t.CallToolResult(
+        content=[t.TextContent(type="text", text=message)], is_error=True, _meta={"mcpgw/error": reason}
+    )
+
+
+def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple[GatewayServer, Notifier]:
+    """The MCP server for `gateway`, plus the notifier the gateway uses to announce changes."""
+    settings = gateway.config.gateway
+    notifier = Notifier()
+    gateway.on_tools_changed(notifier.tools_changed)
+
+    async def list_tools(ctx: ServerRequestContext[Any], params: t.PaginatedRequestParams | None) -> t.ListToolsResult:
+        if not gateway.settled:
+            await gateway.wait_settled()
+        step = Step(StepKind.TOOL_LIST, _caller(ctx, default_transport))
+        tools = await gateway.pipeline.run(step)
+        try:
+            page, next_cursor = paginate(tools, params.cursor if params else None, settings.page_size)
+        except InvalidCursor as exc:
+            raise MCPError(INVALID_PARAMS, str(exc)) from None
+        return t.ListToolsResult(tools=page, next_cursor=next_cursor)
+
+    async def call_tool(ctx: ServerRequestContext[Any], params: t.CallToolRequestParams) -> t.CallToolResult:
+        session = ctx.session
+
+        async def relay(progress: float, total: float | None, message: str | None) -> None:
+            await session.report_progress(progress, total, message)
+
+        step = Step(
+            StepKind.TOOL_CALL,
+            _caller(ctx, default_transport),
+            target=params.name,
+            arguments=params.arguments,
+            meta=_forwardable_meta(ctx),
+            progress=relay,
+        )
+        try:
+            result: t.CallToolResult = await gateway.pipeline.run(step)
+            return result
+        except (UpstreamUnavailable, UpstreamTimeout) as exc:
+            return _error_result(exc.message, step.outcome.value if step.outcome else "error")
+        except StepError as exc:
+            raise MCPError(exc.code, exc.message) from None
+
+    server = GatewayServer(
+        settings.name,
+        version=__version__,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_subscriptions_listen=ListenHandler(notifier.bus),
+        get_tool_input_schema=gateway.catalog.input_schema,
+    )
+    server.add_notification_handler("notifications/initialized", t.NotificationParams, notifier.on_initialized)
+    server.middleware.append(_contain_errors)
+    return server, notifier
+
+
+async def _contain_errors(ctx: ServerRequestContext[Any], call_next: CallNext) -> HandlerResult:
+    """Never let an unexpected exception's text reach an agent.
+
+    In the handshake era the SDK would answer with code 0 and `str(exc)`, which can carry
+    paths, upstream URLs or secrets. Expected failures are already `MCPError`s.
+    """
+    try:
+        return await call_next(ctx)
+    except (MCPError, ValidationError, anyio.get_cancelled_exc_class()):
+        raise
+    except Exception:
+        log.exception("unexpected error handling %s", ctx.method)
+        raise MCPError(INTERNAL_ERROR, "internal gateway error; details are in the gateway's log") from None

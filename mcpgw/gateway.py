@@ -1,0 +1,117 @@
+"""The running gateway: one config snapshot, its upstreams, its catalog and its pipeline.
+
+This is the object the fronts (stdio, HTTP) and the CLI share. It starts every upstream
+concurrently and returns at once — an agent host must get its `initialize` answered while slow
+upstreams are still starting; they join the catalog as they come up and connected agents are
+told with `list_changed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from mcpgw.catalog import Catalog
+from mcpgw.config.models import Config
+from mcpgw.pipeline.chain import Pipeline
+from mcpgw.pipeline.stages.dispatch import Dispatch
+from mcpgw.pipeline.stages.identify import Identify
+from mcpgw.pipeline.stages.record import Record
+from mcpgw.pipeline.stages.resolve import Resolve
+from mcpgw.upstream import McpUpstream, Status, Upstream, build_upstream
+
+log = logging.getLogger("mcpgw")
+
+Listener = Callable[[], Awaitable[None]]
+
+
+class Gateway:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.catalog = Catalog(config)
+        self.upstreams: dict[str, McpUpstream] = {
+            name: build_upstream(name, server, config.gateway, self._tools_changed)
+            for name, server in config.servers.items()
+            if server.enabled
+        }
+        timeouts = {name: config.timeout_of(name) for name in config.servers}
+        upstreams: dict[str, Upstream] = dict(self.upstreams)
+        self.pipeline = Pipeline([
+            Record(),
+            Identify(),
+            Resolve(self.catalog, config.gateway.call_timeout, timeouts),
+            Dispatch(self.catalog, upstreams),
+        ])
+        self._tools_listeners: list[Listener] = []
+        self.started_at: float | None = None
+        self._startup_deadline: float | None = None
+        self.running = anyio.Event()
+
+    def on_tools_changed(self, listener: Listener) -> None:
+        """Call `listener` whenever the exported tool list changes (to send list_changed)."""
+        self._tools_listeners.append(listener)
+
+    async def _tools_changed(self, upstream: McpUpstream) -> None:
+        if self.catalog.update(upstream.name, upstream.tools):
+            for listener in list(self._tools_listeners):
+                try:
+                    await listener()
+                except Exception:  # boundary: one broken notifier must not stop the others
+                    log.exception("tools list_changed listener failed")
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Supervise every upstream until cancelled. `started` fires before any has connected."""
+        self.started_at = time.monotonic()
+        self._startup_deadline = anyio.current_time() + self.config.gateway.startup_wait
+        names = ", ".join(self.upstreams) or "none"
+        log.info("starting %d upstream(s): %s", len(self.upstreams), names)
+        async with anyio.create_task_group() as tg:
+            for upstream in self.upstreams.values():
+                tg.start_soon(upstream.run)
+            self.running.set()
+            task_status.started()
+
+    @property
+    def settled(self) -> bool:
+        """True once every upstream has finished its first connection attempt."""
+        return all(u.settled.is_set() for u in self.upstreams.values())
+
+    async def wait_settled(self, timeout: float | None = None) -> bool:
+        """Wait (bounded) until every upstream made its first attempt. Returns whether they all did.
+
+        With no timeout, waits until the startup window (`gateway.startup_wait`) closes: the first
+        `tools/list` of an agent that connects during start-up sees a complete catalog rather
+        than whatever happened to be up after a few milliseconds.
+        """
+        if timeout is None:
+            if self._startup_deadline is None:
+                await self.running.wait()
+            assert self._startup_deadline is not None
+            timeout = self._startup_deadline - anyio.current_time()
+        with anyio.move_on_after(max(timeout, 0)):
+            for upstream in self.upstreams.values():
+                await upstream.settled.wait()
+        return self.settled
+
+    def readiness(self) -> dict[str, Any]:
+        upstreams = {}
+        for name, upstream in self.upstreams.items():
+            info = upstream.state.as_dict()
+            info["kind"] = upstream.config.kind
+            info["tools"] = len(self.catalog.tools_of(name))
+            info["catalog_problems"] = self.catalog.problems.get(name, [])
+            upstreams[name] = info
+        up = sum(1 for u in self.upstreams.values() if u.state.status is Status.UP)
+        return {
+            "status": "ready" if self.settled else "starting",
+            "config": str(self.config.source) if self.config.source else None,
+            "upstreams_up": up,
+            "upstreams_total": len(self.upstreams),
+            "tools": len(self.catalog),
+            "upstreams": upstreams,
+        }

@@ -1,0 +1,44 @@
+"""Errors a stage may raise to end a step. The front turns them into protocol errors.
+
+Each carries a message that is safe to show the agent: it names the upstream or tool involved
+and never includes gateway internals, tracebacks or configured secrets.
+"""
+
+from __future__ import annotations
+
+from mcpgw.pipeline.step import Outcome
+
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+
+class StepError(Exception):
+    code: int = INTERNAL_ERROR
+    outcome: Outcome = Outcome.ERROR
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class UnknownTarget(StepError):
+    """The name is not in the catalog (or the caller may not see it: the two look the same)."""
+
+    code = INVALID_PARAMS
+    outcome = Outcome.NOT_FOUND
+
+
+class UpstreamUnavailable(StepError):
+    """The owning upstream is down, restarting, or died while the call was in flight."""
+
+    outcome = Outcome.UNAVAILABLE
+
+
+class UpstreamTimeout(StepError):
+    outcome = Outcome.TIMEOUT
+
+
+class UpstreamProtocolError(StepError):
+    """The upstream answered with a JSON-RPC error; code and message are the upstream's own."""

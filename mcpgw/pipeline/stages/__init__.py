@@ -1,0 +1,1 @@
+"""The stages of the pipeline, one concern per module. See `mcpgw.pipeline.chain.STAGE_ORDER`."""

@@ -1,0 +1,28 @@
+"""Resolve: map the exported name an agent used to the upstream and name that serve it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcpgw.catalog import Catalog
+from mcpgw.pipeline.chain import Next
+from mcpgw.pipeline.errors import UnknownTarget
+from mcpgw.pipeline.step import Route, Step, StepKind
+
+
+class Resolve:
+    slot = "resolve"
+
+    def __init__(self, catalog: Catalog, default_timeout: float, timeouts: dict[str, float]) -> None:
+        self._catalog = catalog
+        self._default_timeout = default_timeout
+        self._timeouts = timeouts
+
+    async def __call__(self, step: Step, call_next: Next) -> Any:
+        if step.kind is StepKind.TOOL_CALL:
+            entry = self._catalog.lookup(step.target)
+            if entry is None:
+                raise UnknownTarget(f"Unknown tool: {step.target}")
+            step.route = Route(entry.upstream, entry.name)
+            step.timeout = self._timeouts.get(entry.upstream, self._default_timeout)
+        return await call_next(step)

@@ -1,0 +1,89 @@
+"""The `Step`: one neutral record of one thing an agent asked the gateway to do.
+
+Every stage reads and writes the same `Step`. It knows nothing of MCP wire types beyond the
+result object it carries, so stages (policy, limits, audit) can be written once for every kind
+of step. A field belongs here when more than one stage needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class StepKind(StrEnum):
+    TOOL_CALL = "tools/call"
+    TOOL_LIST = "tools/list"
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    UNAVAILABLE = "unavailable"
+    NOT_FOUND = "not_found"
+
+
+def new_step_id() -> str:
+    """Sortable, unique id: 48 bits of milliseconds then 80 random bits, hex (a ULID in spirit)."""
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
+@dataclass(slots=True, frozen=True)
+class Caller:
+    """Who is on the other end of the front connection, as far as the transport can tell."""
+
+    transport: str
+    protocol_version: str | None = None
+    client_name: str | None = None
+    client_version: str | None = None
+    session_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Principal:
+    """The identity a step runs as. Filled by the identify stage; richer once auth lands."""
+
+    subject: str
+    scopes: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class Route:
+    """Where the resolve stage decided a step goes."""
+
+    upstream: str
+    name: str
+
+
+ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Step:
+    kind: StepKind
+    caller: Caller
+    target: str = ""
+    arguments: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    progress: ProgressFn | None = None
+    parent_id: str | None = None
+    id: str = field(default_factory=new_step_id)
+    started_ns: int = field(default_factory=time.perf_counter_ns)
+    ended_ns: int | None = None
+    principal: Principal | None = None
+    route: Route | None = None
+    timeout: float | None = None
+    outcome: Outcome | None = None
+    error: str | None = None
+    result: Any = None
+
+    @property
+    def latency_ms(self) -> float | None:
+        return None if self.ended_ns is None else (self.ended_ns - self.started_ns) / 1e6

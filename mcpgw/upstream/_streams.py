@@ -1,0 +1,146 @@
+"""A tap on an upstream transport's streams: notices disconnects and repairs tool listings.
+
+Two problems are solved at the transport layer because nothing above it can:
+- The SDK client does not wake up when an idle stdio child dies; the read stream ending is the
+  earliest and cheapest signal, so the tap turns it into an event the supervisor awaits.
+- The SDK client validates a whole `tools/list` result at once, so one malformed tool from one
+  upstream would hide all of that upstream's tools. The tap sees responses before the client
+  does and repairs or drops malformed tools one by one, reporting each as a warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import mcp.types as t
+from mcp.shared.message import SessionMessage
+from mcp_types.jsonrpc import JSONRPCRequest, JSONRPCResponse
+from pydantic import ValidationError
+
+from mcpgw.upstream.schemas import sanitize_tool
+
+Warn = Callable[[str], None]
+
+
+class _Taps:
+    def __init__(self, warn: Warn) -> None:
+        self.warn = warn
+        self.closed = anyio.Event()
+        self.list_ids: set[Any] = set()
+
+
+class _ReadTap:
+    def __init__(self, inner: Any, taps: _Taps) -> None:
+        self._inner = inner
+        self._taps = taps
+
+    async def receive(self) -> SessionMessage | Exception:
+        try:
+            item: SessionMessage | Exception = await self._inner.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._taps.closed.set()
+            raise
+        if isinstance(item, SessionMessage):
+            message = item.message
+            if isinstance(message, JSONRPCResponse) and message.id in self._taps.list_ids:
+                self._taps.list_ids.discard(message.id)
+                _repair_listing(message.result, self._taps.warn)
+        return item
+
+    async def aclose(self) -> None:
+        self._taps.closed.set()
+        await self._inner.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def last_context(self) -> Any:
+        return getattr(self._inner, "last_context", None)
+
+
+class _WriteTap:
+    def __init__(self, inner: Any, taps: _Taps) -> None:
+        self._inner = inner
+        self._taps = taps
+
+    async def send(self, item: SessionMessage, /) -> None:
+        message = item.message
+        if isinstance(message, JSONRPCRequest) and message.method == "tools/list":
+            self._taps.list_ids.add(message.id)
+        await self._inner.send(item)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+def _repair_listing(result: dict[str, Any], warn: Warn) -> None:
+    tools = result.get("tools")
+    if not isinstance(tools, list):
+        return
+    kept = []
+    for index, raw in enumerate(tools):
+        repaired, notes = sanitize_tool(raw)
+        label = raw.get("name") if isinstance(raw, dict) and isinstance(raw.get("name"), str) else f"#{index}"
+        for note in notes:
+            warn(f"tool {label!r}: {note}")
+        if repaired is None:
+            continue
+        try:
+            t.Tool.model_validate(repaired, by_name=False)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            warn(f"tool {label!r} dropped: invalid {where}: {first['msg']}")
+            continue
+        kept.append(repaired)
+    result["tools"] = kept
+
+
+class TappedTransport:
+    """Wraps an SDK client transport (an async context manager yielding read/write streams)."""
+
+    def __init__(self, inner: AbstractAsyncContextManager[Any], warn: Warn) -> None:
+        self._inner = inner
+        self.taps = _Taps(warn)
+
+    @property
+    def closed(self) -> anyio.Event:
+        """Set once the upstream's read stream has ended: the connection is gone."""
+        return self.taps.closed
+
+    async def __aenter__(self) -> tuple[_ReadTap, _WriteTap]:
+        read, write = await self._inner.__aenter__()
+        return _ReadTap(read, self.taps), _WriteTap(write, self.taps)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        self.taps.closed.set()
+        return await self._inner.__aexit__(exc_type, exc, tb)

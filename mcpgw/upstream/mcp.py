@@ -1,0 +1,377 @@
+"""An upstream MCP server reached over stdio, Streamable HTTP or SSE, kept connected.
+
+One long-lived SDK client session per upstream, supervised: connect (bounded by
+`connect_timeout`), list tools, then wait for the connection to end — the child exiting, the
+read stream closing, or a liveness probe failing — and reconnect with exponential backoff.
+While it is not up its tools are withdrawn from the catalog and calls fail at once with an
+error that names it. Calls are never retried here: a tools/call may have side effects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, cast
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+import httpx2
+import mcp.types as t
+from mcp import Client, MCPError, StdioServerParameters, stdio_client
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import ValidationError
+
+from mcpgw import __version__
+from mcpgw.config.models import GatewaySettings, HttpServer, ServerConfig, SseServer, StdioServer
+from mcpgw.pipeline.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from mcpgw.pipeline.step import ProgressFn
+from mcpgw.upstream._streams import TappedTransport
+from mcpgw.upstream.base import Status, ToolsChanged, UpstreamState
+
+log = logging.getLogger("mcpgw.upstream")
+
+CONNECTION_CLOSED = -32000
+REQUEST_TIMEOUT = -32001
+MAX_LIST_PAGES = 1000
+GATEWAY_CLIENT_INFO = t.Implementation(name="mcpgw", version=__version__)
+
+
+class _ConnectionLost(Exception):
+    """Internal: the supervisor should reconnect."""
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A one-line, secret-free reason for a failed or lost connection."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, FileNotFoundError):
+        return f"command not found: {exc.filename!r}" if exc.filename else "command not found"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename!r}" if exc.filename else "permission denied"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, MCPError):
+        if exc.code == CONNECTION_CLOSED:
+            return "connection closed"
+        return f"MCP error {exc.code}: {exc.message}"
+    if isinstance(exc, httpx2.ConnectError):
+        return "connection refused or host unreachable"
+    if isinstance(exc, httpx2.HTTPStatusError):
+        return f"HTTP {exc.response.status_code}"
+    if isinstance(exc, httpx2.HTTPError):
+        return f"HTTP error: {type(exc).__name__}"
+    if isinstance(exc, _ConnectionLost):
+        return str(exc)
+    if isinstance(exc, ValidationError):
+        return "the server sent a malformed response"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class McpUpstream:
+    """Implements `Upstream` for MCP servers over stdio, Streamable HTTP and SSE."""
+
+    def __init__(
+        self,
+        name: str,
+        config: ServerConfig,
+        settings: GatewaySettings,
+        on_tools_changed: ToolsChanged,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.settings = settings
+        self.state = UpstreamState()
+        self.settled = anyio.Event()
+        """Set once the first connection attempt has ended, whichever way."""
+        self._on_tools_changed = on_tools_changed
+        self._tools: tuple[t.Tool, ...] = ()
+        self._client: Client | None = None
+        self._refresh_send, self._refresh_recv = anyio.create_memory_object_stream[None](1)
+        self._lost: anyio.Event = anyio.Event()
+
+    @property
+    def tools(self) -> Sequence[t.Tool]:
+        return self._tools
+
+    # -- supervision -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        backoff = self.settings.restart_backoff
+        try:
+            while True:
+                started = time.monotonic()
+                try:
+                    await self._connect_and_serve()
+                    reason = "connection closed"
+                except Exception as exc:  # boundary: any failure of one upstream is reported, never fatal
+                    reason = describe_failure(exc)
+                    log.debug("upstream %s failure", self.name, exc_info=exc)
+                if self.state.status is Status.UP and time.monotonic() - started > 10 * backoff:
+                    backoff = self.settings.restart_backoff  # it ran a while: this is a fresh failure
+                was = self.state.status
+                self.state.failures += 1
+                tail = self._stderr_hint()
+                self._set(Status.DOWN, reason + tail, next_retry_in=backoff)
+                verb = "lost" if was is Status.UP else "failed to start"
+                log.warning("upstream %s %s: %s; retrying in %.1fs", self.name, verb, reason + tail, backoff)
+                await self._publish(())
+                self.settled.set()
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.restart_backoff_max)
+        finally:
+            self._client = None
+            self.state.status = Status.STOPPED
+            self.settled.set()
+
+    def _set(self, status: Status, error: str | None = None, next_retry_in: float | None = None) -> None:
+        self.state.status = status
+        self.state.error = error
+        self.state.since = time.time()
+        self.state.next_retry_in = next_retry_in
+
+    def _stderr_hint(self) -> str:
+        if self.state.stderr_tail:
+            return f" (last stderr line: {self.state.stderr_tail[-1]})"
+        return ""
+
+    async def _connect_and_serve(self) -> None:
+        self.state.warnings.clear()
+        self.state.stderr_tail.clear()
+        # The whole connection lives inside one scope whose deadline covers start-up only: a
+        # narrower `fail_after` around entering the client would exit before the client's own
+        # task group does, which anyio rightly refuses.
+        with anyio.CancelScope(deadline=anyio.current_time() + self.settings.connect_timeout) as startup:
+            async with AsyncExitStack() as stack:
+                transport = TappedTransport(await stack.enter_async_context(self._raw_transport()), self._warn)
+                client = await stack.enter_async_context(
+                    Client(
+                        transport,
+                        mode="auto",
+                        cache=None,
+                        client_info=GATEWAY_CLIENT_INFO,
+                        message_handler=self._on_message,
+                        logging_callback=self._on_log,
+                    )
+                )
+                tools = await self._list_tools(client)
+                startup.deadline = math.inf
+                await self._serve(client, transport, tools)
+        if startup.cancelled_caught:
+            raise TimeoutError(f"no answer within connect_timeout ({self.settings.connect_timeout:g}s)")
+
+    async def _serve(self, client: Client, transport: TappedTransport, tools: tuple[t.Tool, ...]) -> None:
+        self._client = client
+        self._lost = anyio.Event()
+        self.state.connects += 1
+        self.state.protocol_version = client.protocol_version
+        info = client.server_info
+        self.state.server_name = info.name if info else None
+        self.state.server_version = info.version if info else None
+        self._set(Status.UP)
+        log.info("upstream %s up (%s, protocol %s, %d tools)", self.name, self.config.kind,
+                 client.protocol_version, len(tools))
+        await self._publish(tools)
+        self.settled.set()
+        try:
+            async with anyio.create_task_group() as tg:
+                if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                    tg.start_soon(self._listen, client)
+                tg.start_soon(self._refresher, client)
+                tg.start_soon(self._probe, client)
+                tg.start_soon(_set_when, transport.closed, self._lost)
+                await self._lost.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            self._client = None
+        raise _ConnectionLost(self._lost_reason)
+
+    _lost_reason = "connection closed"
+
+    def _mark_lost(self, reason: str) -> None:
+        self._lost_reason = reason
+        self._lost.set()
+
+    @asynccontextmanager
+    async def _raw_transport(self) -> Any:
+        config = self.config
+        if isinstance(config, StdioServer):
+            async with self._stderr_pipe() as errlog:
+                params = StdioServerParameters(
+                    command=config.command, args=list(config.args), env=dict(config.env) or None, cwd=config.cwd
+                )
+                yield stdio_client(params, errlog=errlog)
+        elif isinstance(config, HttpServer):
+            timeout = httpx2.Timeout(self.settings.connect_timeout, read=None)
+            async with httpx2.AsyncClient(headers=dict(config.headers), timeout=timeout) as http:
+                yield streamable_http_client(config.url, http_client=http)
+        elif isinstance(config, SseServer):
+            yield sse_client(
+                config.url,
+                headers=dict(config.headers) or None,
+                timeout=self.settings.connect_timeout,
+                sse_read_timeout=config.sse_read_timeout,
+            )
+        else:  # pragma: no cover - the config model admits nothing else
+            raise TypeError(f"unsupported upstream kind {config.kind!r}")
+
+    @asynccontextmanager
+    async def _stderr_pipe(self) -> Any:
+        """The child's stderr goes to our log, line by line, prefixed with the upstream's name.
+
+        It also keeps the last lines, so a server that dies at start-up is reported with
+        its own last words rather than a bare "connection closed".
+        """
+        read_fd, write_fd = os.pipe()
+        reader = os.fdopen(read_fd, "r", encoding="utf-8", errors="replace")
+        writer = os.fdopen(write_fd, "w")
+        child_log = logging.getLogger(f"mcpgw.upstream.{self.name}")
+
+        def pump() -> None:
+            for line in reader:
+                line = line.rstrip()
+                if line:
+                    self.state.stderr_tail.append(line[:500])
+                    child_log.info("%s", line)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: anyio.to_thread.run_sync(pump, abandon_on_cancel=True))
+            try:
+                yield writer
+            finally:
+                writer.close()  # the child holds its own copy; EOF comes when it exits
+                # The pump ends at EOF, once the child (and its children) closed stderr.
+                tg.cancel_scope.deadline = anyio.current_time() + 2.0
+
+    def _warn(self, message: str) -> None:
+        if message not in self.state.warnings:
+            self.state.warnings.append(message)
+            log.warning("upstream %s: %s", self.name, message)
+
+    # -- catalog -----------------------------------------------------------------------------
+
+    async def _list_tools(self, client: Client) -> tuple[t.Tool, ...]:
+        tools: list[t.Tool] = []
+        cursor: str | None = None
+        for _ in range(MAX_LIST_PAGES):
+            page = await client.session.list_tools(params=t.PaginatedRequestParams(cursor=cursor) if cursor else None)
+            tools.extend(page.tools)
+            cursor = page.next_cursor
+            if not cursor:
+                return tuple(tools)
+        self._warn(f"tools/list returned more than {MAX_LIST_PAGES} pages; the rest were ignored")
+        return tuple(tools)
+
+    async def _publish(self, tools: Sequence[t.Tool]) -> None:
+        self._tools = tuple(tools)
+        await self._on_tools_changed(self)
+
+    def _request_refresh(self) -> None:
+        with contextlib.suppress(anyio.WouldBlock):  # a queued refresh will see this change too
+            self._refresh_send.send_nowait(None)
+
+    async def _on_message(self, message: Any) -> None:
+        if isinstance(message, t.ToolListChangedNotification):
+            self._request_refresh()
+
+    async def _on_log(self, params: t.LoggingMessageNotificationParams) -> None:
+        level = {"debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO, "warning": logging.WARNING}
+        logging.getLogger(f"mcpgw.upstream.{self.name}").log(
+            level.get(params.level, logging.ERROR), "%s%s", f"[{params.logger}] " if params.logger else "", params.data
+        )
+
+    async def _refresher(self, client: Client) -> None:
+        async for _ in self._refresh_recv:
+            try:
+                with anyio.fail_after(self.settings.connect_timeout):
+                    tools = await self._list_tools(client)
+            except Exception as exc:  # boundary: a failed refresh means the session is unusable
+                self._mark_lost(f"tools/list after list_changed failed: {describe_failure(exc)}")
+                return
+            await self._publish(tools)
+
+    async def _listen(self, client: Client) -> None:
+        """Modern-era upstreams only announce changes on a listen stream (teed to `_on_message`)."""
+        try:
+            async with client.listen(tools_list_changed=True) as subscription:
+                async for _event in subscription:
+                    pass
+        except Exception as exc:  # boundary: no listen support just means we rely on probes
+            log.debug("upstream %s: no change subscription (%s)", self.name, describe_failure(exc))
+
+    async def _probe(self, client: Client) -> None:
+        """Notice a hung or silently dead upstream without waiting for a user's call.
+
+        `ping` is gone at 2026-07-28, so the probe is a tools/list; it doubles as a safety net
+        for a missed list_changed.
+        """
+        interval = self.settings.health_interval
+        while True:
+            await anyio.sleep(interval)
+            try:
+                with anyio.fail_after(min(self.settings.connect_timeout, max(interval, 1.0))):
+                    tools = await self._list_tools(client)
+            except Exception as exc:  # boundary: any probe failure means reconnect
+                self._mark_lost(f"liveness probe failed: {describe_failure(exc)}")
+                return
+            if tools != self._tools:
+                await self._publish(tools)
+
+    # -- calls -------------------------------------------------------------------------------
+
+    async def call_tool(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None,
+        *,
+        meta: dict[str, Any] | None,
+        timeout: float,
+        progress: ProgressFn | None,
+    ) -> t.CallToolResult:
+        client = self._client
+        if client is None or self.state.status is not Status.UP:
+            why = self.state.error or self.state.status.value
+            raise UpstreamUnavailable(f"upstream {self.name!r} is not available ({why}); try again shortly")
+        request = t.CallToolRequest(
+            params=t.CallToolRequestParams(name=name, arguments=arguments, _meta=cast(Any, meta or None))
+        )
+        try:
+            # send_request, not call_tool: the gateway relays results verbatim and does not
+            # re-validate structured content against the upstream's output schema.
+            return await client.session.send_request(
+                request,
+                t.CallToolResult,
+                request_read_timeout_seconds=timeout if math.isfinite(timeout) else None,
+                progress_callback=cast(Any, progress),
+            )
+        except MCPError as exc:
+            if exc.code == REQUEST_TIMEOUT:
+                raise UpstreamTimeout(
+                    f"upstream {self.name!r} did not answer tools/call {name!r} within {timeout:g}s; "
+                    "the call was cancelled upstream"
+                ) from None
+            if exc.code == CONNECTION_CLOSED:
+                self._mark_lost("connection closed during a call")
+                raise UpstreamUnavailable(
+                    f"upstream {self.name!r} closed the connection during tools/call {name!r} "
+                    "(it crashed or exited); it is being restarted"
+                ) from None
+            raise UpstreamProtocolError(f"upstream {self.name!r}: {exc.message}", code=exc.code) from None
+        except ValidationError:
+            raise UpstreamProtocolError(
+                f"upstream {self.name!r} returned a malformed tools/call result for {name!r}"
+            ) from None
+
+
+async def _set_when(source: anyio.Event, target: anyio.Event) -> None:
+    await source.wait()
+    target.set()
+
