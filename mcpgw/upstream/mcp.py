@@ -57,7 +57,7 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, PermissionError):
         return f"permission denied: {exc.filename!r}" if exc.filename else "permission denied"
     if isinstance(exc, TimeoutError):
-        return "timed out"
+        return str(exc) or "timed out"
     if isinstance(exc, MCPError):
         if exc.code == CONNECTION_CLOSED:
             return "connection closed"

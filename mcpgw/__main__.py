@@ -1,0 +1,5 @@
+import sys
+
+from mcpgw.cli import main
+
+sys.exit(main())

@@ -1,0 +1,202 @@
+"""A real upstream MCP server for tests and benchmarks, with tools that exercise the gateway.
+
+Run: `python kit_server.py [--transport stdio|http|sse] [--tools N] [--name NAME]`.
+Over HTTP/SSE it binds 127.0.0.1 on a free port and prints `PORT <n>` on stdout.
+Set `KIT_MARKER_DIR` to a directory to have `hang` leave a file there when it is cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp.types as t
+from mcp import MCPError
+from mcp.server import NotificationOptions, Server, ServerRequestContext
+from mcp.server.session import ServerSession
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+
+OBJ: dict[str, Any] = {"type": "object"}
+PNG_1PX = base64.b64encode(bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)).decode()
+WAV = base64.b64encode(b"RIFF\x24\x00\x00\x00WAVEfmt ").decode()
+
+
+def base_tools() -> dict[str, dict[str, Any]]:
+    return {
+        "echo": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+        "pid": OBJ,
+        "slow": {"type": "object", "properties": {"steps": {"type": "integer"}, "delay": {"type": "number"}}},
+        "hang": OBJ,
+        "content": OBJ,
+        "fail": OBJ,
+        "rpc_error": OBJ,
+        "crash": OBJ,
+        "grow": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+        "meta": OBJ,
+    }
+
+
+class Kit:
+    def __init__(self, name: str, extra: int) -> None:
+        self.name = name
+        self.tools = base_tools()
+        for i in range(extra):
+            self.tools[f"t{i:05d}"] = {"type": "object", "properties": {"x": {"type": "integer"}}}
+        self.bus = InMemorySubscriptionBus()
+        self.sessions: set[ServerSession] = set()
+
+    async def on_initialized(self, ctx: ServerRequestContext[Any], params: Any) -> None:
+        self.sessions.add(ctx.session)
+
+    async def list_tools(self, ctx: ServerRequestContext[Any], params: t.PaginatedRequestParams | None) -> t.ListToolsResult:
+        return t.ListToolsResult(tools=[
+            t.Tool(name=n, description=f"{self.name} tool {n}", input_schema=s) for n, s in self.tools.items()
+        ])
+
+    async def call_tool(self, ctx: ServerRequestContext[Any], params: t.CallToolRequestParams) -> t.CallToolResult:
+        args = params.arguments or {}
+        name = params.name
+        text = lambda s: t.CallToolResult(content=[t.TextContent(type="text", text=s)])  # noqa: E731
+        if name == "echo":
+            return t.CallToolResult(content=[t.TextContent(type="text", text=str(args.get("text", "")))],
+                                    structured_content={"text": args.get("text"), "server": self.name})
+        if name == "pid":
+            return t.CallToolResult(content=[t.TextContent(type="text", text=str(os.getpid()))],
+                                    structured_content={"pid": os.getpid()})
+        if name == "slow":
+            steps = int(args.get("steps", 3))
+            for i in range(1, steps + 1):
+                await ctx.session.report_progress(i, steps, f"step {i}")
+                await anyio.sleep(float(args.get("delay", 0.01)))
+            return text(f"done {steps}")
+        if name == "hang":
+            try:
+                await anyio.sleep_forever()
+            finally:
+                marker = os.environ.get("KIT_MARKER_DIR")
+                if marker:
+                    Path(marker, f"cancelled-{self.name}").write_text("cancelled")
+        if name == "content":
+            return t.CallToolResult(
+                content=[
+                    t.TextContent(type="text", text="plain text", annotations=t.Annotations(audience=["user"])),
+                    t.ImageContent(type="image", data=PNG_1PX, mime_type="image/png"),
+                    t.AudioContent(type="audio", data=WAV, mime_type="audio/wav"),
+                    t.EmbeddedResource(type="resource", resource=t.TextResourceContents(
+                        uri="kit://doc/1", mime_type="text/plain", text="embedded body")),
+                    t.EmbeddedResource(type="resource", resource=t.BlobResourceContents(
+                        uri="kit://blob/1", mime_type="application/octet-stream", blob=WAV)),
+                    t.ResourceLink(type="resource_link", uri="kit://doc/2", name="doc2", mime_type="text/plain"),
+                ],
+                structured_content={"kinds": 6, "nested": {"a": [1, 2, 3]}},
+                _meta={"kit/trace": "abc"},
+            )
+        if name == "fail":
+            return t.CallToolResult(content=[t.TextContent(type="text", text="it failed on purpose")], is_error=True)
+        if name == "rpc_error":
+            raise MCPError(t.INVALID_PARAMS, "kit refuses these arguments")
+        if name == "crash":
+            os._exit(3)
+        if name == "grow":
+            self.tools[str(args["name"])] = OBJ
+            await self.changed()
+            return text(f"added {args['name']}")
+        if name == "meta":
+            raw = (ctx.params or {}).get("_meta") or {}
+            return t.CallToolResult(content=[t.TextContent(type="text", text="meta")], structured_content={"meta": raw})
+        if name in self.tools:
+            return text(f"{self.name}:{name}")
+        raise MCPError(t.INVALID_PARAMS, f"Unknown tool: {name}")
+
+    async def changed(self) -> None:
+        await self.bus.publish(ToolsListChanged())
+        for session in list(self.sessions):
+            await session.send_tool_list_changed()
+
+
+class KitServer(Server[Any]):
+    def create_initialization_options(self, notification_options: Any = None, experimental_capabilities: Any = None,
+                                      extensions: Any = None) -> Any:
+        return super().create_initialization_options(notification_options or NotificationOptions(tools_changed=True),
+                                                     experimental_capabilities, extensions)
+
+
+def build(name: str, extra: int) -> KitServer:
+    kit = Kit(name, extra)
+    server = KitServer(name, version="1.0", on_list_tools=kit.list_tools, on_call_tool=kit.call_tool,
+                       on_subscriptions_listen=ListenHandler(kit.bus))
+    server.add_notification_handler("notifications/initialized", t.NotificationParams, kit.on_initialized)
+    return server
+
+
+async def serve_stdio(server: KitServer) -> None:
+    from mcp.server.stdio import stdio_server
+
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+
+
+async def serve_web(server: KitServer, transport: str) -> None:
+    import contextlib
+
+    import uvicorn
+    from mcp.server.sse import SseServerTransport
+    from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Mount, Route
+
+    manager = StreamableHTTPSessionManager(app=server)
+    sse = SseServerTransport("/messages/")
+
+    async def handle_sse(request: Request) -> Response:
+        async with sse.connect_sse(request.scope, request.receive, request._send) as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+        return Response()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        async with manager.run():
+            yield
+
+    app = Starlette(routes=[Route("/mcp", StreamableHTTPASGIApp(manager)), Route("/sse", handle_sse),
+                            Mount("/messages/", app=sse.handle_post_message)], lifespan=lifespan)
+    userver = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+
+    async def announce() -> None:
+        while not userver.started:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+        port = userver.servers[0].sockets[0].getsockname()[1]
+        print(f"PORT {port}", flush=True)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(announce)
+        await userver.serve()
+        tg.cancel_scope.cancel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--transport", default="stdio", choices=["stdio", "http", "sse"])
+    parser.add_argument("--tools", type=int, default=0, help="extra generated tools")
+    parser.add_argument("--name", default="kit")
+    args = parser.parse_args()
+    server = build(args.name, args.tools)
+    if args.transport == "stdio":
+        anyio.run(serve_stdio, server)
+    else:
+        anyio.run(serve_web, server, args.transport)
+
+
+if __name__ == "__main__":
+    print(f"kit server {os.getpid()} starting", file=sys.stderr, flush=True)
+    main()
