@@ -44,7 +44,7 @@ class Gateway:
         self.pipeline = Pipeline([
             Record(),
             Identify(),
-            Resolve(self.catalog, config.gateway.call_timeout, timeouts),
+            Resolve(self.catalog, config.gateway.call_timeout, timeouts, startup=self.wait_settled),
             Dispatch(self.catalog, upstreams),
         ])
         self._tools_listeners: list[Listener] = []

@@ -78,6 +78,9 @@ class Notifier:
                 self.legacy_sessions.discard(session)
 
 
+_PROTOCOL_META = "io.modelcontextprotocol/"
+
+
 def _caller(ctx: ServerRequestContext[Any], transport: str) -> Caller:
     name = version = None
     params = ctx.session.client_params
@@ -100,7 +103,7 @@ def _forwardable_meta(ctx: ServerRequestContext[Any]) -> dict[str, Any]:
     if not isinstance(raw, dict):
         return {}
     return {
-        k: v for k, v in raw.items() if k not in _NOT_FORWARDED_META and not k.startswith("io.modelcontextprotocol/")
+        k: v for k, v in raw.items() if k not in _NOT_FORWARDED_META and not k.startswith(_PROTOCOL_META)
     }
 
 
@@ -144,11 +147,15 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
         )
         try:
             result: t.CallToolResult = await gateway.pipeline.run(step)
-            return result
         except (UpstreamUnavailable, UpstreamTimeout) as exc:
             return _error_result(exc.message, step.outcome.value if step.outcome else "error")
         except StepError as exc:
             raise MCPError(exc.code, exc.message) from None
+        if result.meta and any(k.startswith(_PROTOCOL_META) for k in result.meta):
+            # The upstream hop's protocol envelope (its serverInfo...) is not the agent's business.
+            meta = {k: v for k, v in result.meta.items() if not k.startswith(_PROTOCOL_META)}
+            result = result.model_copy(update={"meta": meta or None})
+        return result
 
     server = GatewayServer(
         settings.name,

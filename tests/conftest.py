@@ -1,0 +1,180 @@
+"""Shared fixtures: real upstream servers, real gateway processes, real SDK clients.
+
+Nothing here is a mock. Upstreams are `tests/upstreams/*.py` run as subprocesses (stdio) or as
+HTTP servers on 127.0.0.1; the gateway runs either as a `python -m mcpgw serve` subprocess or
+in-process behind the SDK's in-memory client.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+from mcp import Client, StdioServerParameters
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAMS = Path(__file__).resolve().parent / "upstreams"
+KIT = UPSTREAMS / "kit_server.py"
+RAW = UPSTREAMS / "raw_server.py"
+SILENT = UPSTREAMS / "silent_server.py"
+PY = sys.executable
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def stdio_server_toml(name: str, script: Path, *args: str, extra: str = "") -> str:
+    quoted = ", ".join(f'"{a}"' for a in (str(script), *args))
+    return textwrap.dedent(f"""
+        [servers.{name}]
+        kind = "stdio"
+        command = "{PY}"
+        args = [{quoted}]
+        """) + textwrap.dedent(extra)
+
+
+def write_config(tmp_path: Path, body: str, gateway: str = "") -> Path:
+    path = tmp_path / "servers.toml"
+    path.write_text(textwrap.dedent(f"[gateway]\n{textwrap.dedent(gateway)}\n") + body)
+    return path
+
+
+def gateway_params(config: Path, env: dict[str, str] | None = None) -> StdioServerParameters:
+    return StdioServerParameters(
+        command=PY,
+        args=["-m", "mcpgw", "serve", "--config", str(config)],
+        env={"PYTHONPATH": str(ROOT), **(env or {})},
+        cwd=str(ROOT),
+    )
+
+
+@asynccontextmanager
+async def gateway_stdio(config: Path, mode: str = "auto", **client_kw: Any) -> AsyncIterator[Client]:
+    """A gateway subprocess on stdio, and an SDK client connected to it."""
+    async with Client(gateway_params(config), mode=mode, cache=None, **client_kw) as client:
+        yield client
+
+
+class Process:
+    """A subprocess whose stderr (or stdout) is drained in the background, so it never blocks."""
+
+    def __init__(self, proc: anyio.abc.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._changed = anyio.Event()
+
+    async def _pump(self, stream: anyio.abc.ByteReceiveStream) -> None:
+        buffer = b""
+        async for chunk in stream:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                self.lines.append(line.decode(errors="replace"))
+            self._changed.set()
+            self._changed = anyio.Event()
+
+    async def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        regex = re.compile(pattern)
+        with anyio.fail_after(timeout):
+            seen = 0
+            while True:
+                for line in self.lines[seen:]:
+                    if match := regex.search(line):
+                        return match
+                seen = len(self.lines)
+                if self.proc.returncode is not None:
+                    raise RuntimeError(f"process exited ({self.proc.returncode}):\n" + "\n".join(self.lines[-30:]))
+                changed = self._changed
+                with anyio.move_on_after(0.5):  # also re-check the exit status now and then
+                    await changed.wait()
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@asynccontextmanager
+async def run_process(argv: list[str], *, read: str = "stderr", env: dict[str, str] | None = None,
+                      cwd: Path | None = None) -> AsyncIterator[Process]:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    proc = await anyio.open_process(argv, env=full_env, cwd=cwd or ROOT, start_new_session=True)
+    wrapper = Process(proc)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wrapper._pump, proc.stderr if read == "stderr" else proc.stdout)
+            other = proc.stdout if read == "stderr" else proc.stderr
+            assert other is not None
+            tg.start_soon(_discard, other)
+            try:
+                yield wrapper
+            finally:
+                await terminate(proc)
+                tg.cancel_scope.cancel()
+    finally:
+        await terminate(proc)
+
+
+async def _discard(stream: anyio.abc.ByteReceiveStream) -> None:
+    async for _ in stream:
+        pass
+
+
+async def terminate(proc: anyio.abc.Process) -> None:
+    """SIGTERM the process group, then SIGKILL after a bounded wait."""
+    if proc.returncode is not None:
+        return
+    with anyio.CancelScope(shield=True):
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        with anyio.move_on_after(5):
+            await proc.wait()
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        with anyio.move_on_after(5):
+            await proc.wait()
+
+
+@asynccontextmanager
+async def kit_http(transport: str = "http", *args: str, env: dict[str, str] | None = None) -> AsyncIterator[str]:
+    """A kit upstream serving over HTTP on 127.0.0.1; yields its base URL."""
+    async with run_process([PY, str(KIT), "--transport", transport, *args], read="stdout", env=env) as proc:
+        match = await proc.wait_for(r"PORT (\d+)")
+        yield f"http://127.0.0.1:{match.group(1)}"
+
+
+@asynccontextmanager
+async def gateway_http(config: Path, *extra: str, env: dict[str, str] | None = None) -> AsyncIterator[tuple[str, Process]]:
+    """A gateway subprocess serving HTTP on a free loopback port; yields (base URL, process)."""
+    argv = [PY, "-m", "mcpgw", "serve", "--config", str(config), "--transport", "http", "--port", "0", *extra]
+    async with run_process(argv, env=env) as proc:
+        match = await proc.wait_for(r"serving MCP at (http://\S+)/mcp")
+        yield match.group(1), proc
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.05) -> Any:
+    """Poll an async or sync predicate until truthy (for state owned by another process)."""
+    with anyio.fail_after(timeout):
+        while True:
+            value = predicate()
+            if hasattr(value, "__await__"):
+                value = await value
+            if value:
+                return value
+            await anyio.sleep(interval)
