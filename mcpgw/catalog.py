@@ -71,14 +71,25 @@ class Catalog:
         self._sorted: tuple[t.Tool, ...] = ()
         self._names: tuple[str, ...] = ()
         self._own_problems: dict[str, list[str]] = {}
+        self._remembered: dict[str, str] = {}
         self.problems: dict[str, list[str]] = {}
         """Per upstream: names that were renamed or withheld, and why."""
         self.version = 0
 
     # -- building ----------------------------------------------------------------------------
 
-    def update(self, upstream: str, tools: Sequence[t.Tool]) -> bool:
-        """Replace one upstream's tools. Returns whether the exported catalog changed."""
+    def update(self, upstream: str, tools: Sequence[t.Tool], *, online: bool = True) -> bool:
+        """Replace one upstream's tools. Returns whether the exported catalog changed.
+
+        `online=False` means the upstream went away: its tools leave the catalog, but their
+        names are remembered so a call to one can say which upstream is down rather than
+        claim the tool does not exist.
+        """
+        if not online:
+            for exported in self._per_upstream.get(upstream, {}):
+                self._remembered[exported] = upstream
+        else:
+            self._remembered = {k: v for k, v in self._remembered.items() if v != upstream}
         server = self._config.servers[upstream]
         prefix = self._config.prefix_of(upstream)
         sep = self._config.gateway.separator
@@ -127,6 +138,10 @@ class Catalog:
 
     def lookup(self, exported: str) -> Entry | None:
         return self._index.get(exported)
+
+    def owner_while_offline(self, exported: str) -> str | None:
+        """The upstream that served `exported` before it went down, if any."""
+        return self._remembered.get(exported)
 
     def input_schema(self, exported: str) -> dict[str, object] | None:
         entry = self._index.get(exported)

@@ -57,7 +57,8 @@ class Gateway:
         self._tools_listeners.append(listener)
 
     async def _tools_changed(self, upstream: McpUpstream) -> None:
-        if self.catalog.update(upstream.name, upstream.tools):
+        online = upstream.state.status is Status.UP
+        if self.catalog.update(upstream.name, upstream.tools, online=online):
             for listener in list(self._tools_listeners):
                 try:
                     await listener()

@@ -160,7 +160,9 @@ async def kit_http(transport: str = "http", *args: str, env: dict[str, str] | No
 
 
 @asynccontextmanager
-async def gateway_http(config: Path, *extra: str, env: dict[str, str] | None = None) -> AsyncIterator[tuple[str, Process]]:
+async def gateway_http(
+    config: Path, *extra: str, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[str, Process]]:
     """A gateway subprocess serving HTTP on a free loopback port; yields (base URL, process)."""
     argv = [PY, "-m", "mcpgw", "serve", "--config", str(config), "--transport", "http", "--port", "0", *extra]
     async with run_process(argv, env=env) as proc:

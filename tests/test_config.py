@@ -57,7 +57,7 @@ def test_bad_toml_names_the_line() -> None:
     out = problems("""
         [gateway]
         name = "x"
-        separator = 
+        separator =
         """)
     assert len(out) == 1
     assert out[0].startswith("/etc/mcpgw/servers.toml:4: invalid TOML")

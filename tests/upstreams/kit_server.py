@@ -56,7 +56,7 @@ class Kit:
     async def on_initialized(self, ctx: ServerRequestContext[Any], params: Any) -> None:
         self.sessions.add(ctx.session)
 
-    async def list_tools(self, ctx: ServerRequestContext[Any], params: t.PaginatedRequestParams | None) -> t.ListToolsResult:
+    async def list_tools(self, ctx: ServerRequestContext[Any], params: Any) -> t.ListToolsResult:
         return t.ListToolsResult(tools=[
             t.Tool(name=n, description=f"{self.name} tool {n}", input_schema=s) for n, s in self.tools.items()
         ])
@@ -173,7 +173,7 @@ async def serve_web(server: KitServer, transport: str) -> None:
     userver = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
 
     async def announce() -> None:
-        while not userver.started:  # noqa: ASYNC110
+        while not userver.started:
             await anyio.sleep(0.01)
         port = userver.servers[0].sockets[0].getsockname()[1]
         print(f"PORT {port}", flush=True)

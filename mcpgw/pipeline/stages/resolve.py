@@ -7,7 +7,7 @@ from typing import Any
 
 from mcpgw.catalog import Catalog
 from mcpgw.pipeline.chain import Next
-from mcpgw.pipeline.errors import UnknownTarget
+from mcpgw.pipeline.errors import UnknownTarget, UpstreamUnavailable
 from mcpgw.pipeline.step import Route, Step, StepKind
 
 
@@ -36,6 +36,11 @@ class Resolve:
                     self._startup = None
                 entry = self._catalog.lookup(step.target)
             if entry is None:
+                if (owner := self._catalog.owner_while_offline(step.target)) is not None:
+                    raise UpstreamUnavailable(
+                        f"tool {step.target!r} belongs to upstream {owner!r}, which is not available right now "
+                        "(it is being restarted); try again shortly"
+                    )
                 raise UnknownTarget(f"Unknown tool: {step.target}")
             step.route = Route(entry.upstream, entry.name)
             step.timeout = self._timeouts.get(entry.upstream, self._default_timeout)

@@ -1,0 +1,1068 @@
+"""mcpgw benchmark harness: latency, throughput, tools/list, start-up and memory, in one run.
+
+    .venv/bin/python bench/gateway_bench.py                 # full run (~3-5 min on 2 cores)
+    .venv/bin/python bench/gateway_bench.py --quick         # smoke run (< 1 min)
+    .venv/bin/python bench/gateway_bench.py --json out.json # also write every number as JSON
+
+Everything runs on 127.0.0.1 against the real test upstream `tests/upstreams/kit_server.py`.
+Every process the harness starts is tracked and killed on exit (including the upstreams a
+gateway started, which the SDK puts in their own sessions). See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import re
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import psutil
+from mcp import Client, StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+ROOT = Path(__file__).resolve().parent.parent
+KIT = ROOT / "tests" / "upstreams" / "kit_server.py"
+SILENT = ROOT / "tests" / "upstreams" / "silent_server.py"
+PY = sys.executable
+HOST = "127.0.0.1"
+ECHO_ARGS = {"text": "hello"}
+CALL_TIMEOUT = 30.0  # seconds; every awaited call is bounded
+
+TARGET_TP_RATIO = 0.70
+TARGET_SERVER_LIST_MS = 50.0
+TARGET_STARTUP_S = 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# process hygiene
+# ---------------------------------------------------------------------------------------------
+
+
+class Reaper:
+    """Tracks every process this harness starts (and their descendants) and kills them on exit."""
+
+    def __init__(self) -> None:
+        self.known: dict[int, psutil.Process] = {}
+        self.lock = threading.Lock()
+
+    def track(self, pid: int) -> psutil.Process | None:
+        try:
+            proc = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            return None
+        with self.lock:
+            self.known[pid] = proc
+        return proc
+
+    def snapshot_tree(self, pid: int) -> None:
+        """Remember a process's descendants while it is alive: once it dies they are re-parented
+        and can no longer be found from here (SDK-started upstreams run in their own session)."""
+        try:
+            kids = psutil.Process(pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return
+        with self.lock:
+            for kid in kids:
+                self.known.setdefault(kid.pid, kid)
+
+    def stop(self, pid: int, grace: float = 5.0) -> None:
+        """SIGTERM a process we started, then its descendants; SIGKILL what is left."""
+        self.snapshot_tree(pid)
+        try:
+            proc = psutil.Process(pid)
+            kids = proc.children(recursive=True)
+        except psutil.NoSuchProcess:
+            proc, kids = None, []
+        if proc is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+            _, alive = psutil.wait_procs([proc], timeout=grace)
+            for p in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
+            psutil.wait_procs(alive, timeout=2)
+        self._kill(kids)
+
+    def _kill(self, procs: list[psutil.Process]) -> None:
+        live = []
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    p.terminate()
+                    live.append(p)
+        _, alive = psutil.wait_procs(live, timeout=3)
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(alive, timeout=2)
+
+    def sweep(self) -> int:
+        """Kill everything still alive that we started: our own descendants plus remembered ones."""
+        me = psutil.Process()
+        with self.lock:
+            procs = {p.pid: p for p in self.known.values()}
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for kid in me.children(recursive=True):
+                procs[kid.pid] = kid
+        survivors = []
+        for p in procs.values():
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                # is_running() also guards against pid reuse (it compares create_time)
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    survivors.append(p)
+        self._kill(survivors)
+        return len(survivors)
+
+
+REAPER = Reaper()
+
+
+class RssSampler(threading.Thread):
+    """Samples the RSS of watched processes (the process alone, not its children) every 20 ms."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        super().__init__(daemon=True, name="rss-sampler")
+        self.interval = interval
+        self.watch: dict[str, psutil.Process] = {}
+        self.peak: dict[str, int] = {}
+        self.hwm: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+
+    def add(self, label: str, pid: int) -> None:
+        with contextlib.suppress(psutil.NoSuchProcess), self.lock:
+            self.watch[label] = psutil.Process(pid)
+
+    def finish(self, label: str) -> None:
+        """Stop watching; also read the kernel's own high-water mark (VmHWM) while still alive."""
+        with self.lock:
+            proc = self.watch.pop(label, None)
+        if proc is None:
+            return
+        self._sample(label, proc)
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.hwm[label] = int(line.split()[1]) * 1024
+
+    def _sample(self, label: str, proc: psutil.Process) -> None:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            rss = proc.memory_info().rss
+            if rss > self.peak.get(label, 0):
+                self.peak[label] = rss
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            with self.lock:
+                items = list(self.watch.items())
+            for label, proc in items:
+                self._sample(label, proc)
+
+
+RSS = RssSampler()
+
+
+class LineReader:
+    """Bounded line reads from a pipe (never blocks past a deadline)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+
+    def readline(self, timeout: float) -> bytes:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no line within %.1fs" % timeout)
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(self.fd, 1 << 20)
+            if not chunk:
+                raise EOFError("pipe closed")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def write_config(path: Path, servers: dict[str, dict[str, Any]], gateway: dict[str, Any] | None = None) -> Path:
+    lines = ["[gateway]"]
+    for k, v in {"call_timeout": 60, **(gateway or {})}.items():
+        lines.append(f"{k} = {json.dumps(v)}")
+    for name, spec in servers.items():
+        lines.append(f"\n[servers.{name}]")
+        for k, v in spec.items():
+            if isinstance(v, list):
+                lines.append(f"{k} = [{', '.join(toml_str(str(x)) for x in v)}]")
+            elif isinstance(v, str):
+                lines.append(f"{k} = {toml_str(v)}")
+            else:
+                lines.append(f"{k} = {json.dumps(v)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def kit_stdio_spec(tools: int = 0, name: str = "kit") -> dict[str, Any]:
+    return {"kind": "stdio", "command": "${MCPGW_PYTHON}", "args": [str(KIT), "--tools", str(tools), "--name", name]}
+
+
+def gateway_argv(config: Path, transport: str = "stdio") -> list[str]:
+    argv = [PY, "-m", "mcpgw", "serve", "--config", str(config), "--transport", transport]
+    if transport == "http":
+        argv += ["--host", HOST, "--port", "0"]
+    return argv
+
+
+def find_child(marker: str, timeout: float = 10.0) -> psutil.Process | None:
+    """Our child process whose command line mentions `marker` (for SDK-spawned gateways)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for kid in psutil.Process().children():
+                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                    if marker in " ".join(kid.cmdline()):
+                        return kid
+        time.sleep(0.02)
+    return None
+
+
+@dataclass
+class KitHttp:
+    proc: subprocess.Popen[bytes]
+    url: str
+
+
+def spawn_kit_http(tools: int = 0, name: str = "kit") -> KitHttp:
+    proc = subprocess.Popen(
+        [PY, str(KIT), "--transport", "http", "--tools", str(tools), "--name", name],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    REAPER.track(proc.pid)
+    try:
+        reader = LineReader(proc.stdout.fileno())  # type: ignore[union-attr]
+        while True:
+            line = reader.readline(30).decode().strip()
+            if line.startswith("PORT "):
+                port = int(line.split()[1])
+                return KitHttp(proc, f"http://{HOST}:{port}/mcp")
+    except BaseException:
+        REAPER.stop(proc.pid)
+        raise
+
+
+@dataclass
+class GatewayHttp:
+    proc: subprocess.Popen[bytes]
+    url: str
+    base: str
+    t_launch: float
+    t_listening: float
+    log: Path
+
+
+_SERVING = re.compile(rb"serving MCP at (http://127\.0\.0\.1:(\d+))/mcp")
+
+
+def spawn_gateway_http(config: Path, log: Path, timeout: float = 30.0) -> GatewayHttp:
+    with open(log, "wb") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(gateway_argv(config, "http"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)
+    REAPER.track(proc.pid)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = _SERVING.search(log.read_bytes())
+            if m:
+                base = m.group(1).decode()
+                return GatewayHttp(proc, base + "/mcp", base, t0, time.perf_counter(), log)
+            if proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            time.sleep(0.005)
+        raise TimeoutError(f"gateway did not announce its port within {timeout}s: {log.read_text()[-2000:]}")
+    except BaseException:
+        REAPER.stop(proc.pid)
+        raise
+
+
+def stop_popen(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    REAPER.stop(proc.pid, grace=grace)
+    with contextlib.suppress(Exception):
+        proc.wait(timeout=2)
+
+
+def get_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # 503 while starting still carries the report
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+# ---------------------------------------------------------------------------------------------
+# clients for the four paths
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ctx:
+    args: argparse.Namespace
+    tmp: Path
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mode(self) -> str:
+        return str(self.args.mode)
+
+
+@contextlib.asynccontextmanager
+async def stdio_session(ctx: Ctx, argv: list[str], errname: str) -> AsyncIterator[Client]:
+    params = StdioServerParameters(command=argv[0], args=argv[1:])
+    with open(ctx.tmp / errname, "w") as errlog:
+        async with Client(stdio_client(params, errlog=errlog), mode=ctx.mode) as client:
+            yield client
+
+
+@contextlib.asynccontextmanager
+async def http_session(ctx: Ctx, url: str) -> AsyncIterator[Client]:
+    limits = httpx2.Limits(max_connections=128, max_keepalive_connections=128)
+    async with httpx2.AsyncClient(timeout=httpx2.Timeout(30, read=60), limits=limits) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode=ctx.mode) as client:
+            yield client
+
+
+async def call_ok(client: Client, tool: str) -> None:
+    result = await client.call_tool(tool, ECHO_ARGS, read_timeout_seconds=CALL_TIMEOUT)
+    if result.is_error:
+        raise RuntimeError(f"{tool} returned an error: {result.content}")
+
+
+async def measure_latency(client: Client, tool: str, n: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        await call_ok(client, tool)
+    samples = []
+    with anyio.fail_after(max(120.0, n * 0.05)):
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
+            await call_ok(client, tool)
+            samples.append((time.perf_counter_ns() - t0) / 1e6)
+    return samples
+
+
+async def measure_throughput(client: Client, tool: str, concurrency: int, total: int, max_s: float) -> dict[str, Any]:
+    """`total` calls (or as many as fit in `max_s`) spread over `concurrency` tasks on one session."""
+    issued = done = 0
+    deadline = time.perf_counter() + max_s
+
+    async def worker() -> None:
+        nonlocal issued, done
+        while issued < total and time.perf_counter() < deadline:
+            issued += 1
+            await call_ok(client, tool)
+            done += 1
+
+    t0 = time.perf_counter()
+    with anyio.fail_after(max_s + CALL_TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            for _ in range(concurrency):
+                tg.start_soon(worker)
+    elapsed = time.perf_counter() - t0
+    return {"calls": done, "seconds": elapsed, "calls_per_s": done / elapsed if elapsed else float("nan")}
+
+
+async def bench_path(ctx: Ctx, label: str, client: Client, tool: str) -> dict[str, Any]:
+    a = ctx.args
+    t_start = time.perf_counter()
+    samples = await measure_latency(client, tool, a.calls, a.warmup)
+    out: dict[str, Any] = {
+        "protocol": client.protocol_version,
+        "latency_ms": {"n": len(samples), "p50": pct(samples, 0.5), "p90": pct(samples, 0.9),
+                       "p99": pct(samples, 0.99), "mean": statistics.fmean(samples), "max": max(samples)},
+        "throughput": {},
+    }
+    for conc in (1, 8, 32):
+        runs = [await measure_throughput(client, tool, conc, a.tp_calls, a.tp_max_s) for _ in range(a.repeats)]
+        rates = [r["calls_per_s"] for r in runs]
+        out["throughput"][conc] = {"median": med(rates), "runs": rates, "calls": [r["calls"] for r in runs]}
+    lat = out["latency_ms"]
+    tp = out["throughput"]
+    print(f"  {label:<26} p50 {lat['p50']:6.2f} ms  p99 {lat['p99']:6.2f} ms  | calls/s c1 {tp[1]['median']:6.0f}"
+          f"  c8 {tp[8]['median']:6.0f}  c32 {tp[32]['median']:6.0f}   ({time.perf_counter() - t_start:.1f}s)",
+          flush=True)
+    return out
+
+
+async def section_calls(ctx: Ctx) -> None:
+    print("[1-2] tools/call latency and throughput (echo), client mode=%s" % ctx.mode, flush=True)
+    res: dict[str, Any] = {}
+    ctx.results["calls"] = res
+
+    # (a) direct -> kit over stdio
+    async with stdio_session(ctx, [PY, str(KIT)], "kit-direct.err") as c:
+        res["a_direct_stdio"] = await bench_path(ctx, "a direct stdio", c, "echo")
+
+    # (b) client -> mcpgw (stdio) -> kit (stdio)
+    cfg = write_config(ctx.tmp / "gw-stdio.toml", {"kit": kit_stdio_spec()})
+    async with stdio_session(ctx, gateway_argv(cfg), "gw-stdio.err") as c:
+        gw = find_child(str(cfg))
+        if gw is not None:
+            RSS.add("gateway stdio (calls)", gw.pid)
+            REAPER.snapshot_tree(gw.pid)
+        try:
+            res["b_gateway_stdio"] = await bench_path(ctx, "b mcpgw stdio->stdio", c, "kit__echo")
+        finally:
+            if gw is not None:
+                REAPER.snapshot_tree(gw.pid)
+                RSS.finish("gateway stdio (calls)")
+
+    # (c) direct -> kit over Streamable HTTP, and (d) mcpgw (http) -> the same kit over HTTP
+    kit = spawn_kit_http()
+    try:
+        async with http_session(ctx, kit.url) as c:
+            res["c_direct_http"] = await bench_path(ctx, "c direct http", c, "echo")
+        cfg = write_config(ctx.tmp / "gw-http.toml", {"kit": {"kind": "http", "url": kit.url}})
+        gw = spawn_gateway_http(cfg, ctx.tmp / "gw-http.err")
+        RSS.add("gateway http (calls)", gw.proc.pid)
+        try:
+            async with http_session(ctx, gw.url) as c:
+                res["d_gateway_http"] = await bench_path(ctx, "d mcpgw http->http", c, "kit__echo")
+        finally:
+            RSS.finish("gateway http (calls)")
+            stop_popen(gw.proc)
+    finally:
+        stop_popen(kit.proc)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. tools/list with 1,000 and 10,000 tools
+# ---------------------------------------------------------------------------------------------
+
+
+async def list_all(client: Client) -> tuple[int, int]:
+    cursor: str | None = None
+    count = pages = 0
+    for _ in range(10_000):
+        page = await client.list_tools(cursor=cursor, cache_mode="bypass")
+        count += len(page.tools)
+        pages += 1
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return count, pages
+
+
+async def time_listing(client: Client, expected: int, reps: int) -> dict[str, Any]:
+    count, pages = await list_all(client)  # warm-up (and correctness)
+    if count != expected:
+        raise RuntimeError(f"listed {count} tools, expected {expected}")
+    times = []
+    with anyio.fail_after(300):
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            count, pages = await list_all(client)
+            times.append((time.perf_counter() - t0) * 1000)
+    return {"tools": count, "pages": pages, "median_ms": med(times), "min_ms": min(times), "runs_ms": times}
+
+
+async def section_list(ctx: Ctx) -> None:
+    print("[3] tools/list, all pages (stdio, client mode=%s)" % ctx.mode, flush=True)
+    res: dict[str, Any] = {}
+    ctx.results["list"] = res
+    for n_extra in (1000, 10_000):
+        expected = n_extra + 10  # kit has 10 base tools besides the generated ones
+        reps = ctx.args.list_reps if n_extra <= 1000 else max(3, ctx.args.list_reps // 2)
+        row: dict[str, Any] = {}
+        res[str(n_extra)] = row
+        async with stdio_session(ctx, [PY, str(KIT), "--tools", str(n_extra)], f"kit-list-{n_extra}.err") as c:
+            row["direct"] = await time_listing(c, expected, reps)
+        for variant, settings in (("gateway", {}), ("gateway_page_100000", {"page_size": 100000})):
+            cfg = write_config(ctx.tmp / f"gw-list-{n_extra}-{variant}.toml", {"kit": kit_stdio_spec(n_extra)},
+                               settings)
+            label = f"gateway stdio ({n_extra} tools{', page_size=100000' if settings else ''})"
+            async with stdio_session(ctx, gateway_argv(cfg), f"gw-list-{n_extra}-{variant}.err") as c:
+                gw = find_child(str(cfg))
+                if gw is not None:
+                    RSS.add(label, gw.pid)
+                    REAPER.snapshot_tree(gw.pid)
+                try:
+                    row[variant] = await time_listing(c, expected, reps)
+                finally:
+                    RSS.finish(label)
+        print(f"  {expected:>6} tools: direct {row['direct']['median_ms']:7.1f} ms | mcpgw "
+              f"{row['gateway']['median_ms']:7.1f} ms ({row['gateway']['pages']} pages) | mcpgw page_size=100000 "
+              f"{row['gateway_page_100000']['median_ms']:7.1f} ms", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3b. in-process server-side time of tools/list with 10,000 tools
+# ---------------------------------------------------------------------------------------------
+
+
+def _pstats_top(prof: cProfile.Profile, n: int = 12) -> list[str]:
+    stream = io.StringIO()
+    stats = pstats.Stats(prof, stream=stream)
+    stats.sort_stats("tottime")
+    rows = []
+    for func, (_cc, nc, tt, ct, _callers) in sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:n]:  # type: ignore[attr-defined]
+        filename, line, name = func
+        short = filename.split("site-packages/")[-1] if "site-packages/" in filename else Path(filename).name
+        rows.append(f"{tt * 1000:9.1f} ms self {ct * 1000:9.1f} ms cum {nc:7d} calls  {short}:{line}({name})")
+    return rows
+
+
+async def inprocess_one(ctx: Ctx, n_extra: int, page_size: int | None) -> dict[str, Any]:
+    from mcp.types.version import LATEST_MODERN_VERSION  # type: ignore[attr-defined]
+    from mcp_types import methods as wire_methods
+
+    from mcpgw.config import load_config
+    from mcpgw.front.server import build_server
+    from mcpgw.gateway import Gateway
+
+    settings = {"page_size": page_size} if page_size else {}
+    cfg = write_config(ctx.tmp / f"inproc-{n_extra}-{page_size}.toml", {"kit": kit_stdio_spec(n_extra)}, settings)
+    config = load_config(cfg)
+    gateway = Gateway(config)
+    server, _notifier = build_server(gateway)
+    expected = n_extra + 10
+    reps = ctx.args.inproc_reps
+
+    server_ns: list[int] = []
+    captured: dict[str, Any] = {}
+
+    async def timing(rctx: Any, call_next: Any) -> Any:
+        # Outermost middleware: params validation + the gateway's handler + the SDK's result
+        # shaping (model_dump, per-version surface validation and dump). Not the JSON framing.
+        if rctx.method != "tools/list":
+            return await call_next(rctx)
+        t0 = time.perf_counter_ns()
+        result = await call_next(rctx)
+        server_ns.append(time.perf_counter_ns() - t0)
+        captured.setdefault(rctx.protocol_version, (rctx, result))
+        return result
+
+    server.middleware.insert(0, timing)
+    out: dict[str, Any] = {"tools": expected, "page_size": page_size or config.gateway.page_size}
+    with anyio.fail_after(600):
+        async with anyio.create_task_group() as tg:
+            await tg.start(gateway.run)
+            try:
+                if not await gateway.wait_settled(60) or len(gateway.catalog) != expected:
+                    raise RuntimeError(f"in-process gateway has {len(gateway.catalog)} tools, expected {expected}: "
+                                       f"{gateway.readiness()}")
+                for mode in ("legacy", "auto"):
+                    async with Client(server, mode=mode) as client:
+                        count, pages = await list_all(client)
+                        assert count == expected, count
+                        client_ms, srv_ms = [], []
+                        for _ in range(reps):
+                            server_ns.clear()
+                            t0 = time.perf_counter()
+                            count, pages = await list_all(client)
+                            client_ms.append((time.perf_counter() - t0) * 1000)
+                            srv_ms.append(sum(server_ns) / 1e6)
+                        out[mode] = {"protocol": client.protocol_version, "pages": pages,
+                                     "client_total_ms": med(client_ms), "server_side_ms": med(srv_ms),
+                                     "server_side_runs_ms": srv_ms}
+
+                # Handler alone, then each serialization step, on a full listing (all pages).
+                entry = server.get_request_handler("tools/list")
+                rctx, _ = captured.get("2025-11-25") or next(iter(captured.values()))
+                assert entry is not None
+
+                async def handler_pages() -> list[Any]:
+                    results, cursor = [], None
+                    for _ in range(10_000):
+                        params = entry.params_type.model_validate({"cursor": cursor} if cursor else {})
+                        r = await entry.handler(rctx, params)
+                        results.append(r)
+                        cursor = r.next_cursor
+                        if not cursor:
+                            return results
+                    return results
+
+                def shape(results: list[Any], version: str) -> list[dict[str, Any]]:
+                    dumped = [r.model_dump(by_alias=True, mode="json", exclude_none=True) for r in results]
+                    return [wire_methods.serialize_server_result("tools/list", version, d) for d in dumped]
+
+                steps: dict[str, list[float]] = {k: [] for k in
+                                                 ("handler", "model_dump", "surface_legacy", "surface_modern",
+                                                  "json_encode")}
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    results = await handler_pages()
+                    t1 = time.perf_counter()
+                    dumped = [r.model_dump(by_alias=True, mode="json", exclude_none=True) for r in results]
+                    t2 = time.perf_counter()
+                    legacy = [wire_methods.serialize_server_result("tools/list", "2025-11-25", d) for d in dumped]
+                    t3 = time.perf_counter()
+                    for d in dumped:
+                        wire_methods.serialize_server_result("tools/list", LATEST_MODERN_VERSION, d)
+                    t4 = time.perf_counter()
+                    for d in legacy:
+                        json.dumps({"jsonrpc": "2.0", "id": 1, "result": d}, separators=(",", ":"))
+                    t5 = time.perf_counter()
+                    for k, v in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+                        steps[k].append(v * 1000)
+                out["breakdown_ms"] = {k: med(v) for k, v in steps.items()}
+                out["breakdown_pages"] = len(results)
+
+                if ctx.args.profile:
+                    prof = cProfile.Profile()
+                    prof.enable()
+                    for _ in range(max(3, reps // 2)):
+                        shape(await handler_pages(), "2025-11-25")
+                    prof.disable()
+                    out["profile_top"] = _pstats_top(prof)
+            finally:
+                tg.cancel_scope.cancel()
+    return out
+
+
+async def section_inprocess(ctx: Ctx) -> None:
+    print("[3b] in-process server-side tools/list time, 10,000 tools (plus the 10 base tools)", flush=True)
+    res: dict[str, Any] = {}
+    ctx.results["inprocess"] = res
+    for key, page_size in (("default_page", None), ("page_100000", 100000)):
+        r = await inprocess_one(ctx, 10_000, page_size)
+        res[key] = r
+        b = r["breakdown_ms"]
+        print(f"  page_size={r['page_size']:<6} server-side legacy {r['legacy']['server_side_ms']:6.1f} ms, "
+              f"modern {r['auto']['server_side_ms']:6.1f} ms ({r['legacy']['pages']} page(s)) | client round trip "
+              f"legacy {r['legacy']['client_total_ms']:6.1f} ms, modern {r['auto']['client_total_ms']:6.1f} ms",
+              flush=True)
+        print(f"      breakdown: handler {b['handler']:.1f} ms, model_dump {b['model_dump']:.1f} ms, surface "
+              f"validate+dump legacy {b['surface_legacy']:.1f} / modern {b['surface_modern']:.1f} ms, "
+              f"json encode {b['json_encode']:.1f} ms", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. start-up
+# ---------------------------------------------------------------------------------------------
+
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                   "clientInfo": {"name": "gateway-bench", "version": "0"}}}
+
+
+class RawStdio:
+    """A bare JSON-RPC-over-stdio peer, so start-up timing includes no client-side work."""
+
+    def __init__(self, argv: list[str], errlog: Path) -> None:
+        with open(errlog, "wb") as err:
+            self.t0 = time.perf_counter()
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                         start_new_session=True, bufsize=0)
+        REAPER.track(self.proc.pid)
+        self.reader = LineReader(self.proc.stdout.fileno())  # type: ignore[union-attr]
+        self.next_id = 100
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.proc.stdin.write(json.dumps(message).encode() + b"\n")  # type: ignore[union-attr]
+
+    def request(self, method: str, params: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+        self.next_id += 1
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": self.next_id, "method": method}
+        if params is not None:
+            msg["params"] = params
+        self.send(msg)
+        return self.wait_for(self.next_id, timeout)
+
+    def wait_for(self, rid: int, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.reader.readline(max(0.0, deadline - time.monotonic()))
+            msg = json.loads(line)
+            if msg.get("id") == rid:
+                if "error" in msg:
+                    raise RuntimeError(f"error response: {msg['error']}")
+                return msg  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        REAPER.snapshot_tree(self.proc.pid)
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        REAPER.stop(self.proc.pid, grace=3)
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=2)
+
+
+def time_to_initialize(argv: list[str], errlog: Path, label: str | None = None) -> float:
+    peer = RawStdio(argv, errlog)
+    try:
+        if label:
+            RSS.add(label, peer.proc.pid)
+        peer.send(INIT)
+        peer.wait_for(1, 30)
+        return time.perf_counter() - peer.t0
+    finally:
+        if label:
+            RSS.finish(label)
+        peer.close()
+
+
+def time_catalog_stdio(config: Path, errlog: Path, expected: int, label: str) -> dict[str, float]:
+    peer = RawStdio(gateway_argv(config), errlog)
+    try:
+        RSS.add(label, peer.proc.pid)
+        peer.send(INIT)
+        peer.wait_for(1, 30)
+        t_init = time.perf_counter() - peer.t0
+        peer.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        deadline = time.monotonic() + 60
+        polls = 0
+        while time.monotonic() < deadline:
+            polls += 1
+            count, cursor = 0, None
+            for _ in range(1000):
+                resp = peer.request("tools/list", {"cursor": cursor} if cursor else {}, 60)
+                count += len(resp["result"]["tools"])
+                cursor = resp["result"].get("nextCursor")
+                if not cursor:
+                    break
+            if count >= expected:
+                REAPER.snapshot_tree(peer.proc.pid)
+                return {"init_s": t_init, "catalog_s": time.perf_counter() - peer.t0, "polls": polls}
+            time.sleep(0.02)
+        raise TimeoutError(f"catalog never reached {expected} tools")
+    finally:
+        RSS.finish(label)
+        peer.close()
+
+
+def time_catalog_http(config: Path, errlog: Path, n: int, label: str) -> dict[str, float]:
+    gw = spawn_gateway_http(config, errlog)
+    try:
+        RSS.add(label, gw.proc.pid)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            _status, report = get_json(gw.base + "/readyz")
+            if report and report.get("upstreams_up") == n:
+                REAPER.snapshot_tree(gw.proc.pid)
+                return {"listening_s": gw.t_listening - gw.t_launch, "catalog_s": time.perf_counter() - gw.t_launch,
+                        "tools": report.get("tools")}
+            time.sleep(0.01)
+        raise TimeoutError(f"/readyz never showed {n} upstreams up")
+    finally:
+        RSS.finish(label)
+        stop_popen(gw.proc)
+
+
+def time_python_c(code: str) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([PY, "-c", code], check=True, timeout=60, stdin=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def import_profile(code: str, top: int = 10) -> list[str]:
+    """`python -X importtime`: the heaviest top-level-ish imports by cumulative time."""
+    proc = subprocess.run([PY, "-X", "importtime", "-c", code], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    rows = []
+    for line in proc.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+        if m:
+            rows.append((int(m.group(2)), len(m.group(3)) // 2, m.group(4)))
+    rows = [r for r in rows if r[1] <= 3]
+    rows.sort(key=lambda r: -r[0])
+    return [f"{cum / 1000:7.1f} ms cum  {'  ' * depth}{name}" for cum, depth, name in rows[:top]]
+
+
+def section_startup(ctx: Ctx) -> None:
+    a = ctx.args
+    print("[4] start-up", flush=True)
+    res: dict[str, Any] = {}
+    ctx.results["startup"] = res
+
+    imports = {}
+    for label, code in (("python -c pass", "pass"), ("import mcp", "import mcp"),
+                        ("import mcpgw.cli", "import mcpgw.cli")):
+        runs = [time_python_c(code) for _ in range(a.startup_reps)]
+        imports[label] = {"median_s": med(runs), "runs_s": runs}
+    res["imports"] = imports
+    print("  " + " | ".join(f"{k}: {v['median_s'] * 1000:.0f} ms" for k, v in imports.items()), flush=True)
+
+    kit_cfg = write_config(ctx.tmp / "start-kit.toml", {"kit": kit_stdio_spec()})
+    silent_cfg = write_config(ctx.tmp / "start-silent.toml",
+                              {"silent": {"kind": "stdio", "command": "${MCPGW_PYTHON}", "args": [str(SILENT)]}})
+    init = {}
+    for label, argv in (("kit_server alone (reference)", [PY, str(KIT)]),
+                        ("mcpgw, kit upstream", gateway_argv(kit_cfg)),
+                        ("mcpgw, silent upstream", gateway_argv(silent_cfg))):
+        runs = [time_to_initialize(argv, ctx.tmp / "start.err") for _ in range(a.startup_reps)]
+        init[label] = {"median_s": med(runs), "max_s": max(runs), "runs_s": runs}
+        print(f"  launch -> initialize answered, {label:<30} median {med(runs) * 1000:6.0f} ms "
+              f"(max {max(runs) * 1000:.0f})", flush=True)
+    res["initialize"] = init
+
+    n = 10
+    ten = write_config(ctx.tmp / "start-10.toml", {f"k{i}": kit_stdio_spec(0, f"k{i}") for i in range(n)})
+    runs_stdio = [time_catalog_stdio(ten, ctx.tmp / "start-10.err", n * 10, "gateway stdio, 10 upstreams")
+                  for _ in range(a.catalog_reps)]
+    runs_http = [time_catalog_http(ten, ctx.tmp / "start-10-http.err", n, "gateway http, 10 upstreams")
+                 for _ in range(a.catalog_reps)]
+    res["catalog_10_stdio"] = {"median_s": med([r["catalog_s"] for r in runs_stdio]),
+                               "init_median_s": med([r["init_s"] for r in runs_stdio]), "runs": runs_stdio}
+    res["catalog_10_http"] = {"median_s": med([r["catalog_s"] for r in runs_http]),
+                              "listening_median_s": med([r["listening_s"] for r in runs_http]), "runs": runs_http}
+    print(f"  10 stdio kit upstreams: stdio front initialize {res['catalog_10_stdio']['init_median_s'] * 1000:.0f} ms, "
+          f"full catalog (100 tools) {res['catalog_10_stdio']['median_s']:.2f} s | http front listening "
+          f"{res['catalog_10_http']['listening_median_s']:.2f} s, /readyz 10/10 up {res['catalog_10_http']['median_s']:.2f} s",
+          flush=True)
+
+    worst = max(v["median_s"] for k, v in init.items() if k.startswith("mcpgw"))
+    if worst > TARGET_STARTUP_S or a.profile:
+        res["import_profile_mcpgw_cli"] = import_profile("import mcpgw.cli, mcpgw.front.stdio")
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+
+
+def verdict(ok: bool | None) -> str:
+    return "info" if ok is None else ("PASS" if ok else "MISS")
+
+
+def report(ctx: Ctx) -> list[tuple[str, str, str, str]]:
+    r = ctx.results
+    rows: list[tuple[str, str, str, str]] = []
+
+    def add(metric: str, value: str, target: str = "-", ok: bool | None = None) -> None:
+        rows.append((metric, value, target, verdict(ok)))
+
+    calls = r.get("calls")
+    if calls:
+        names = {"a_direct_stdio": "a direct -> kit (stdio)", "b_gateway_stdio": "b mcpgw stdio -> kit stdio",
+                 "c_direct_http": "c direct -> kit (HTTP)", "d_gateway_http": "d mcpgw HTTP -> kit HTTP"}
+        for key, name in names.items():
+            if key in calls:
+                lat = calls[key]["latency_ms"]
+                add(f"echo latency {name}", f"p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  (n={lat['n']})")
+        for direct, gw, name in (("a_direct_stdio", "b_gateway_stdio", "stdio"),
+                                 ("c_direct_http", "d_gateway_http", "HTTP")):
+            if direct in calls and gw in calls:
+                d, g = calls[direct]["latency_ms"], calls[gw]["latency_ms"]
+                add(f"added latency, {name} (gateway - direct)",
+                    f"p50 +{g['p50'] - d['p50']:.2f} ms  p99 +{g['p99'] - d['p99']:.2f} ms")
+        for key, name in names.items():
+            if key in calls:
+                tp = calls[key]["throughput"]
+                add(f"calls/s {name}", f"c1 {tp[1]['median']:.0f}  c8 {tp[8]['median']:.0f}  c32 {tp[32]['median']:.0f}")
+        for direct, gw, name in (("a_direct_stdio", "b_gateway_stdio", "stdio"),
+                                 ("c_direct_http", "d_gateway_http", "HTTP")):
+            if direct in calls and gw in calls:
+                for conc in (1, 8, 32):
+                    ratio = calls[gw]["throughput"][conc]["median"] / calls[direct]["throughput"][conc]["median"]
+                    if conc == 8:
+                        add(f"throughput gateway/direct, {name}, c=8", f"{ratio:.0%}", f">= {TARGET_TP_RATIO:.0%}",
+                            ratio >= TARGET_TP_RATIO)
+                    else:
+                        add(f"throughput gateway/direct, {name}, c={conc}", f"{ratio:.0%}")
+
+    lst = r.get("list")
+    if lst:
+        for n, row in lst.items():
+            total = row["direct"]["tools"]
+            add(f"tools/list {total} tools, direct kit", f"{row['direct']['median_ms']:.1f} ms (1 page)")
+            add(f"tools/list {total} tools, mcpgw default",
+                f"{row['gateway']['median_ms']:.1f} ms ({row['gateway']['pages']} pages)")
+            add(f"tools/list {total} tools, mcpgw page_size=100000",
+                f"{row['gateway_page_100000']['median_ms']:.1f} ms (1 page)")
+
+    inproc = r.get("inprocess")
+    if inproc:
+        for key, res in inproc.items():
+            label = f"page_size={res['page_size']}"
+            for mode, era in (("legacy", "2025-11-25"), ("auto", "2026-07-28")):
+                v = res[mode]["server_side_ms"]
+                add(f"server-side tools/list 10,010 tools, {label}, {era}",
+                    f"{v:.1f} ms ({res[mode]['pages']} page(s); client rt {res[mode]['client_total_ms']:.0f} ms)",
+                    f"<= {TARGET_SERVER_LIST_MS:.0f} ms", v <= TARGET_SERVER_LIST_MS)
+        big = inproc.get("page_100000")
+        if big:
+            b = big["breakdown_ms"]
+            add("  of which: gateway handler alone", f"{b['handler']:.1f} ms", f"<= {TARGET_SERVER_LIST_MS:.0f} ms",
+                b["handler"] <= TARGET_SERVER_LIST_MS)
+            add("  of which: SDK model_dump", f"{b['model_dump']:.1f} ms")
+            add("  of which: SDK surface validate+dump", f"legacy {b['surface_legacy']:.1f} ms / "
+                f"modern {b['surface_modern']:.1f} ms")
+            add("  (+ JSON framing, estimate)", f"{b['json_encode']:.1f} ms")
+
+    st = r.get("startup")
+    if st:
+        for k, v in st["imports"].items():
+            add(f"bare `python -c \"{k}\"`" if k != "python -c pass" else "bare `python -c pass`",
+                f"{v['median_s'] * 1000:.0f} ms")
+        for k, v in st["initialize"].items():
+            target = k.startswith("mcpgw")
+            add(f"launch -> initialize answered, {k}", f"{v['median_s'] * 1000:.0f} ms (max {v['max_s'] * 1000:.0f})",
+                f"<= {TARGET_STARTUP_S * 1000:.0f} ms" if target else "-",
+                v["median_s"] <= TARGET_STARTUP_S if target else None)
+        add("10 stdio upstreams: full catalog via stdio tools/list", f"{st['catalog_10_stdio']['median_s']:.2f} s")
+        add("10 stdio upstreams: /readyz upstreams_up == 10 (http)", f"{st['catalog_10_http']['median_s']:.2f} s")
+
+    for label in sorted(set(RSS.peak) | set(RSS.hwm)):
+        peak = RSS.peak.get(label, 0) / 2**20
+        hwm = RSS.hwm.get(label, 0) / 2**20
+        add(f"peak RSS {label}", f"{peak:.1f} MiB sampled, {hwm:.1f} MiB VmHWM")
+    return rows
+
+
+def print_table(rows: list[tuple[str, str, str, str]]) -> None:
+    widths = [max(len(row[i]) for row in [*rows, ("metric", "value", "target", "verdict")]) for i in range(4)]
+    line = "+".join("-" * (w + 2) for w in widths)
+    fmt = " | ".join(f"{{:<{w}}}" for w in widths)
+    print(line)
+    print(fmt.format("metric", "value", "target", "verdict"))
+    print(line)
+    for row in rows:
+        print(fmt.format(*row))
+    print(line)
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+
+SECTIONS = ("calls", "list", "inprocess", "startup")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer calls and repeats (< 1 minute)")
+    p.add_argument("--json", type=Path, help="write every number to this JSON file")
+    p.add_argument("--mode", default="auto", choices=["auto", "legacy"],
+                   help="client mode for the bench client (auto negotiates 2026-07-28 with these servers)")
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--calls", type=int, help="measured sequential calls per path (default 2000, quick 300)")
+    p.add_argument("--no-profile", dest="profile", action="store_false",
+                   help="skip the cProfile / -X importtime breakdowns")
+    a = p.parse_args(argv)
+    quick = a.quick
+    a.calls = a.calls or (300 if quick else 2000)
+    a.warmup = 50 if quick else 200
+    a.tp_calls = 200 if quick else 600
+    a.tp_max_s = 3.0 if quick else 6.0
+    a.repeats = 1 if quick else 3
+    a.list_reps = 3 if quick else 10
+    a.inproc_reps = 3 if quick else 10
+    a.startup_reps = 2 if quick else 5
+    a.catalog_reps = 1 if quick else 3
+    a.sections = [s.strip() for s in a.only.split(",") if s.strip()]
+    unknown = set(a.sections) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    return a
+
+
+async def run_async(ctx: Ctx) -> None:
+    if "calls" in ctx.args.sections:
+        await section_calls(ctx)
+    if "list" in ctx.args.sections:
+        await section_list(ctx)
+    if "inprocess" in ctx.args.sections:
+        await section_inprocess(ctx)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    atexit.register(REAPER.sweep)
+    RSS.start()
+    t0 = time.perf_counter()
+    print(f"mcpgw gateway bench: python {platform.python_version()}, {psutil.cpu_count()} CPU(s), "
+          f"{'quick' if args.quick else 'full'} run, sections {','.join(args.sections)}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="mcpgw-bench-") as tmp:
+        ctx = Ctx(args, Path(tmp))
+        try:
+            anyio.run(run_async, ctx)
+            if "startup" in args.sections:
+                section_startup(ctx)
+        finally:
+            RSS.stopped.set()
+            leftovers = REAPER.sweep()
+            if leftovers:
+                print(f"(cleaned up {leftovers} leftover process(es))", flush=True)
+    elapsed = time.perf_counter() - t0
+
+    rows = report(ctx)
+    print(f"\n=== results (mode={args.mode}, {'quick' if args.quick else 'full'}, {elapsed:.0f} s) ===")
+    print_table(rows)
+    inproc = ctx.results.get("inprocess", {})
+    for key, res in inproc.items():
+        if res.get("profile_top"):
+            print(f"\ncProfile, handler + SDK result shaping, all pages, {key} (top by self time):")
+            for row in res["profile_top"]:
+                print("  " + row)
+    prof = ctx.results.get("startup", {}).get("import_profile_mcpgw_cli")
+    if prof:
+        print("\n-X importtime, `import mcpgw.cli, mcpgw.front.stdio` (heaviest, depth <= 3):")
+        for row in prof:
+            print("  " + row)
+    if args.json:
+        ctx.results["meta"] = {"mode": args.mode, "quick": args.quick, "elapsed_s": elapsed,
+                               "python": platform.python_version(), "cpus": psutil.cpu_count(),
+                               "rss_peak_bytes": RSS.peak, "rss_hwm_bytes": RSS.hwm,
+                               "table": [dict(zip(("metric", "value", "target", "verdict"), r, strict=True))
+                                         for r in rows]}
+        args.json.write_text(json.dumps(ctx.results, indent=2, default=str))
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        REAPER.sweep()
+        sys.exit(130)
