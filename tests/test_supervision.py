@@ -212,3 +212,40 @@ args = ["-c", "sleep 2; exec {PY} {KIT} --name late"]
         with anyio.fail_after(20):
             await got.wait()
         await wait_until(has_late, timeout=10)
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_sigterm_leaves_no_orphaned_upstreams(tmp_path: Path, transport: str) -> None:
+    """Even an upstream that ignores SIGTERM and outlives its stdin is gone once the gateway exits."""
+    import subprocess
+    import time
+
+    import psutil
+
+    from .conftest import ROOT
+
+    stubborn = f"""
+[servers.stubborn]
+kind = "stdio"
+command = "/bin/sh"
+args = ["-c", "trap '' TERM; {PY} {KIT} --name stubborn; sleep 600"]
+"""
+    config = write_config(tmp_path, stdio_server_toml("kit", KIT) + stubborn)
+    argv = [PY, "-m", "mcpgw", "serve", "--config", str(config), "--transport", transport, "--port", "0"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        gateway = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 20
+        while len([c for c in gateway.children(recursive=True) if "kit_server" in " ".join(c.cmdline())]) < 2:
+            assert time.monotonic() < deadline, "upstreams did not start"
+            time.sleep(0.1)
+        descendants = gateway.children(recursive=True)
+        proc.terminate()
+        proc.wait(30)
+        gone, alive = psutil.wait_procs(descendants, timeout=10)
+        assert not alive, f"orphans: {[p.cmdline() for p in alive]}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

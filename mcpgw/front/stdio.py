@@ -1,23 +1,86 @@
 """Serve the gateway to one local agent over stdin/stdout (what Claude Desktop launches).
 
 Only protocol goes to stdout; the SDK points fd 1 at stderr while serving, and all logging is
-configured to stderr by the CLI. When the agent closes stdin, the gateway shuts down and its
-stdio upstreams are terminated with it.
+configured to stderr by the CLI. The gateway shuts down when the agent closes stdin or on
+SIGTERM/SIGINT; either way every stdio upstream is stopped (stdin closed, then SIGTERM, then
+SIGKILL to its process group) before the gateway exits, so no child outlives it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
 import anyio
+import anyio.to_thread
+from anyio import CancelScope
 from mcp.server.stdio import stdio_server
 
 from mcpgw.front.server import build_server
 from mcpgw.gateway import Gateway
 
+log = logging.getLogger("mcpgw.front")
+
+
+async def cancel_on_signals(scope: CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for received in signals:
+            log.info("received %s; shutting down", signal.Signals(received).name)
+            scope.cancel()
+            return
+
+
+class StdinLines:
+    """Lines from the agent, read from a private duplicate of fd 0 without a blocking thread.
+
+    The SDK reads stdin in a worker thread that cannot be interrupted, so a gateway told to stop
+    (SIGTERM) while its agent keeps stdin open would hang until the next line. An asyncio pipe
+    reader is cancellable. fd 0 itself is pointed at /dev/null, so nothing else in the process
+    (or a child) can read the agent's messages.
+    """
+
+    def __init__(self) -> None:
+        self._fd = os.dup(0)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._lines()
+
+    async def _lines(self) -> AsyncIterator[str]:
+        pipe = os.fdopen(self._fd, "rb", buffering=0)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
+        try:
+            transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        except ValueError:  # not a pipe, socket or tty (a regular file): fall back to a thread
+            async for line in _thread_lines(pipe):
+                yield line
+            return
+        try:
+            while raw := await reader.readline():
+                yield raw.decode("utf-8", errors="replace")
+        finally:
+            transport.close()
+
+
+async def _thread_lines(pipe: Any) -> AsyncIterator[str]:
+    while line := await anyio.to_thread.run_sync(pipe.readline, abandon_on_cancel=True):
+        yield line.decode("utf-8", errors="replace")
+
 
 async def serve_stdio(gateway: Gateway) -> None:
     server, _notifier = build_server(gateway, default_transport="stdio")
+    stdin = StdinLines() if sys.platform != "win32" else None
     async with anyio.create_task_group() as tg:
+        tg.start_soon(cancel_on_signals, tg.cancel_scope)
         await tg.start(gateway.run)
-        async with stdio_server() as (read, write):
+        async with stdio_server(stdin=cast(Any, stdin)) as (read, write):
             await server.run(read, write, server.create_initialization_options())
         tg.cancel_scope.cancel()
