@@ -412,8 +412,20 @@ async def measure_throughput(client: Client, tool: str, concurrency: int, total:
     return {"calls": done, "seconds": elapsed, "calls_per_s": done / elapsed if elapsed else float("nan")}
 
 
-async def bench_path(ctx: Ctx, label: str, client: Client, tool: str) -> dict[str, Any]:
+def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    out = {}
+    for role, proc in procs.items():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            out[role] = times.user + times.system
+    return out
+
+
+async def bench_path(ctx: Ctx, label: str, client: Client, tool: str,
+                     procs: dict[str, psutil.Process | None]) -> dict[str, Any]:
+    """Latency, then throughput at c=1/8/32, with the CPU time each process spent per call."""
     a = ctx.args
+    watched = {role: p for role, p in {"client": psutil.Process(), **procs}.items() if p is not None}
     t_start = time.perf_counter()
     samples = await measure_latency(client, tool, a.calls, a.warmup)
     out: dict[str, Any] = {
@@ -423,13 +435,20 @@ async def bench_path(ctx: Ctx, label: str, client: Client, tool: str) -> dict[st
         "throughput": {},
     }
     for conc in (1, 8, 32):
+        before = cpu_seconds(watched)
         runs = [await measure_throughput(client, tool, conc, a.tp_calls, a.tp_max_s) for _ in range(a.repeats)]
+        after = cpu_seconds(watched)
+        n_calls = sum(r["calls"] for r in runs)
+        cpu_ms = {role: (after[role] - before[role]) * 1000 / n_calls for role in after if role in before}
         rates = [r["calls_per_s"] for r in runs]
-        out["throughput"][conc] = {"median": med(rates), "runs": rates, "calls": [r["calls"] for r in runs]}
+        out["throughput"][conc] = {"median": med(rates), "runs": rates, "calls": [r["calls"] for r in runs],
+                                   "cpu_ms_per_call": cpu_ms}
     lat = out["latency_ms"]
     tp = out["throughput"]
     print(f"  {label:<26} p50 {lat['p50']:6.2f} ms  p99 {lat['p99']:6.2f} ms  | calls/s c1 {tp[1]['median']:6.0f}"
           f"  c8 {tp[8]['median']:6.0f}  c32 {tp[32]['median']:6.0f}   ({time.perf_counter() - t_start:.1f}s)",
+          flush=True)
+    print("      CPU ms/call at c=8: " + ", ".join(f"{k} {v:.2f}" for k, v in tp[8]["cpu_ms_per_call"].items()),
           flush=True)
     return out
 
@@ -441,7 +460,7 @@ async def section_calls(ctx: Ctx) -> None:
 
     # (a) direct -> kit over stdio
     async with stdio_session(ctx, [PY, str(KIT)], "kit-direct.err") as c:
-        res["a_direct_stdio"] = await bench_path(ctx, "a direct stdio", c, "echo")
+        res["a_direct_stdio"] = await bench_path(ctx, "a direct stdio", c, "echo", {"kit": find_child(str(KIT))})
 
     # (b) client -> mcpgw (stdio) -> kit (stdio)
     cfg = write_config(ctx.tmp / "gw-stdio.toml", {"kit": kit_stdio_spec()})
@@ -450,29 +469,103 @@ async def section_calls(ctx: Ctx) -> None:
         if gw is not None:
             RSS.add("gateway stdio (calls)", gw.pid)
             REAPER.snapshot_tree(gw.pid)
+        kids = gw.children() if gw is not None else []
         try:
-            res["b_gateway_stdio"] = await bench_path(ctx, "b mcpgw stdio->stdio", c, "kit__echo")
+            res["b_gateway_stdio"] = await bench_path(ctx, "b mcpgw stdio->stdio", c, "kit__echo",
+                                                      {"gateway": gw, "kit": kids[0] if kids else None})
         finally:
             if gw is not None:
                 REAPER.snapshot_tree(gw.pid)
                 RSS.finish("gateway stdio (calls)")
 
+    if ctx.args.profile:
+        res["b_gateway_stdio_profile"] = await profile_gateway_calls(ctx)
+
     # (c) direct -> kit over Streamable HTTP, and (d) mcpgw (http) -> the same kit over HTTP
     kit = spawn_kit_http()
     try:
         async with http_session(ctx, kit.url) as c:
-            res["c_direct_http"] = await bench_path(ctx, "c direct http", c, "echo")
+            res["c_direct_http"] = await bench_path(ctx, "c direct http", c, "echo",
+                                                    {"kit": psutil.Process(kit.proc.pid)})
         cfg = write_config(ctx.tmp / "gw-http.toml", {"kit": {"kind": "http", "url": kit.url}})
         gw = spawn_gateway_http(cfg, ctx.tmp / "gw-http.err")
         RSS.add("gateway http (calls)", gw.proc.pid)
         try:
             async with http_session(ctx, gw.url) as c:
-                res["d_gateway_http"] = await bench_path(ctx, "d mcpgw http->http", c, "kit__echo")
+                res["d_gateway_http"] = await bench_path(ctx, "d mcpgw http->http", c, "kit__echo",
+                                                         {"gateway": psutil.Process(gw.proc.pid),
+                                                          "kit": psutil.Process(kit.proc.pid)})
         finally:
             RSS.finish("gateway http (calls)")
             stop_popen(gw.proc)
     finally:
         stop_popen(kit.proc)
+
+
+def _bucket(filename: str, name: str) -> str:
+    if "epoll" in name or name in ("select", "poll") or filename.endswith("selectors.py"):
+        return "idle (waiting in epoll)"
+    if name == "<module>" or "importlib" in filename or "_bootstrap" in filename:
+        return "start-up (imports)"
+    if "/mcpgw/" in filename:
+        return "mcpgw"
+    if "site-packages/mcp/" in filename or "site-packages/mcp_types/" in filename:
+        return "mcp SDK"
+    if "pydantic" in filename:
+        return "pydantic"
+    if "anyio" in filename or "asyncio" in filename or "threading" in filename or "contextlib" in filename:
+        return "anyio/asyncio"
+    return "other"
+
+
+async def profile_gateway_calls(ctx: Ctx) -> dict[str, Any]:
+    """Run path (b) once more with the gateway under pyinstrument (sampling, main thread) at c=8 and
+    say where its busy time goes. Skipped when pyinstrument is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("pyinstrument") is None:
+        print("  (pyinstrument not installed: gateway profile skipped; `.venv/bin/pip install pyinstrument`)")
+        return {"skipped": "pyinstrument not installed"}
+    out_file = ctx.tmp / "gateway-calls.pstats"
+    cfg = write_config(ctx.tmp / "gw-prof.toml", {"kit": kit_stdio_spec()})
+    argv = [PY, "-m", "pyinstrument", "-i", "0.0005", "-r", "pstats", "-o", str(out_file), "-m", "mcpgw", "serve",
+            "--config", str(cfg)]
+    calls = ctx.args.tp_calls * 2
+    async with stdio_session(ctx, argv, "gw-prof.err") as c:
+        gw = find_child(str(cfg))
+        if gw is not None:
+            REAPER.snapshot_tree(gw.pid)
+        for _ in range(ctx.args.warmup):
+            await call_ok(c, "kit__echo")
+        r = await measure_throughput(c, "kit__echo", 8, calls, ctx.args.tp_max_s * 2)
+    for _ in range(200):  # the profiler writes its report once the gateway exits
+        if out_file.exists() and out_file.stat().st_size > 0:
+            break
+        await anyio.sleep(0.05)
+    if not out_file.exists():
+        return {"skipped": "no profile written"}
+    stats = pstats.Stats(str(out_file))
+    buckets: dict[str, float] = {}
+    funcs: list[tuple[float, str]] = []
+    for (filename, line, name), (_cc, _nc, tt, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        b = _bucket(filename, name)
+        buckets[b] = buckets.get(b, 0.0) + tt
+        if b not in ("idle (waiting in epoll)", "start-up (imports)"):
+            short = filename.split("site-packages/")[-1] if "site-packages/" in filename else filename
+            short = short.split("/work/main/")[-1]
+            funcs.append((tt, f"{short}:{line}({name})"))
+    busy = sum(v for k, v in buckets.items() if k not in ("idle (waiting in epoll)", "start-up (imports)"))
+    funcs.sort(reverse=True)
+    result = {
+        "calls": r["calls"], "calls_per_s_under_profiler": r["calls_per_s"],
+        "busy_s": busy, "busy_share": {k: v / busy for k, v in sorted(buckets.items(), key=lambda kv: -kv[1])
+                                       if k not in ("idle (waiting in epoll)", "start-up (imports)")},
+        "idle_s": buckets.get("idle (waiting in epoll)", 0.0),
+        "top_self": [f"{tt * 1000 / r['calls']:6.3f} ms/call  {name}" for tt, name in funcs[:12]],
+    }
+    print("      gateway profile (pyinstrument, c=8, main thread busy time): " + ", ".join(
+        f"{k} {v:.0%}" for k, v in result["busy_share"].items()), flush=True)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
