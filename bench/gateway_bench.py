@@ -15,6 +15,7 @@ import argparse
 import atexit
 import contextlib
 import cProfile
+import gc
 import io
 import json
 import os
@@ -645,6 +646,29 @@ def _pstats_top(prof: cProfile.Profile, n: int = 12) -> list[str]:
     return rows
 
 
+class GcClock:
+    """Total time this process spent in the cyclic garbage collector (via gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.total_ns = 0
+        self.collections = [0, 0, 0]
+        self._start = 0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter_ns()
+        else:
+            self.total_ns += time.perf_counter_ns() - self._start
+            self.collections[info["generation"]] += 1
+
+    def __enter__(self) -> GcClock:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+
 async def inprocess_one(ctx: Ctx, n_extra: int, page_size: int | None) -> dict[str, Any]:
     from mcp.types.version import LATEST_MODERN_VERSION  # type: ignore[attr-defined]
     from mcp_types import methods as wire_methods
@@ -662,22 +686,26 @@ async def inprocess_one(ctx: Ctx, n_extra: int, page_size: int | None) -> dict[s
     reps = ctx.args.inproc_reps
 
     server_ns: list[int] = []
+    server_gc_ns: list[int] = []
     captured: dict[str, Any] = {}
+    gc_clock = GcClock()
 
     async def timing(rctx: Any, call_next: Any) -> Any:
         # Outermost middleware: params validation + the gateway's handler + the SDK's result
         # shaping (model_dump, per-version surface validation and dump). Not the JSON framing.
         if rctx.method != "tools/list":
             return await call_next(rctx)
+        g0 = gc_clock.total_ns
         t0 = time.perf_counter_ns()
         result = await call_next(rctx)
         server_ns.append(time.perf_counter_ns() - t0)
+        server_gc_ns.append(gc_clock.total_ns - g0)
         captured.setdefault(rctx.protocol_version, (rctx, result))
         return result
 
     server.middleware.insert(0, timing)
     out: dict[str, Any] = {"tools": expected, "page_size": page_size or config.gateway.page_size}
-    with anyio.fail_after(600):
+    with anyio.fail_after(600), gc_clock:
         async with anyio.create_task_group() as tg:
             await tg.start(gateway.run)
             try:
@@ -688,16 +716,18 @@ async def inprocess_one(ctx: Ctx, n_extra: int, page_size: int | None) -> dict[s
                     async with Client(server, mode=mode) as client:
                         count, pages = await list_all(client)
                         assert count == expected, count
-                        client_ms, srv_ms = [], []
+                        client_ms, srv_ms, srv_gc_ms = [], [], []
                         for _ in range(reps):
                             server_ns.clear()
+                            server_gc_ns.clear()
                             t0 = time.perf_counter()
                             count, pages = await list_all(client)
                             client_ms.append((time.perf_counter() - t0) * 1000)
                             srv_ms.append(sum(server_ns) / 1e6)
+                            srv_gc_ms.append(sum(server_gc_ns) / 1e6)
                         out[mode] = {"protocol": client.protocol_version, "pages": pages,
                                      "client_total_ms": med(client_ms), "server_side_ms": med(srv_ms),
-                                     "server_side_runs_ms": srv_ms}
+                                     "server_side_gc_ms": med(srv_gc_ms), "server_side_runs_ms": srv_ms}
 
                 # Handler alone, then each serialization step, on a full listing (all pages).
                 entry = server.get_request_handler("tools/list")
@@ -719,10 +749,22 @@ async def inprocess_one(ctx: Ctx, n_extra: int, page_size: int | None) -> dict[s
                     dumped = [r.model_dump(by_alias=True, mode="json", exclude_none=True) for r in results]
                     return [wire_methods.serialize_server_result("tools/list", version, d) for d in dumped]
 
-                steps: dict[str, list[float]] = {k: [] for k in
-                                                 ("handler", "model_dump", "surface_legacy", "surface_modern",
-                                                  "json_encode")}
-                for _ in range(reps):
+                async def breakdown(gc_on: bool) -> dict[str, float]:
+                    """The handler, then the SDK's result shaping step by step (what `ServerRunner._serialize`
+                    does), then JSON encoding; optionally with the cyclic GC off to show its share."""
+                    steps: dict[str, list[float]] = {k: [] for k in ("handler", "model_dump", "surface_legacy",
+                                                                     "surface_modern", "json_encode")}
+                    if not gc_on:
+                        gc.collect()
+                        gc.disable()
+                    try:
+                        for _ in range(reps):
+                            await run_steps(steps)
+                    finally:
+                        gc.enable()
+                    return {k: med(v) for k, v in steps.items()}
+
+                async def run_steps(steps: dict[str, list[float]]) -> None:
                     t0 = time.perf_counter()
                     results = await handler_pages()
                     t1 = time.perf_counter()
@@ -738,8 +780,11 @@ async def inprocess_one(ctx: Ctx, n_extra: int, page_size: int | None) -> dict[s
                     t5 = time.perf_counter()
                     for k, v in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
                         steps[k].append(v * 1000)
-                out["breakdown_ms"] = {k: med(v) for k, v in steps.items()}
-                out["breakdown_pages"] = len(results)
+
+                out["breakdown_ms"] = await breakdown(gc_on=True)
+                out["breakdown_ms_gc_off"] = await breakdown(gc_on=False)
+                out["gc_collections_total"] = list(gc_clock.collections)
+                out["breakdown_pages"] = len(await handler_pages())
 
                 if ctx.args.profile:
                     prof = cProfile.Profile()
@@ -760,14 +805,16 @@ async def section_inprocess(ctx: Ctx) -> None:
     for key, page_size in (("default_page", None), ("page_100000", 100000)):
         r = await inprocess_one(ctx, 10_000, page_size)
         res[key] = r
-        b = r["breakdown_ms"]
-        print(f"  page_size={r['page_size']:<6} server-side legacy {r['legacy']['server_side_ms']:6.1f} ms, "
-              f"modern {r['auto']['server_side_ms']:6.1f} ms ({r['legacy']['pages']} page(s)) | client round trip "
+        print(f"  page_size={r['page_size']:<6} server-side legacy {r['legacy']['server_side_ms']:6.1f} ms "
+              f"(GC {r['legacy']['server_side_gc_ms']:.1f}), modern {r['auto']['server_side_ms']:6.1f} ms "
+              f"(GC {r['auto']['server_side_gc_ms']:.1f}) ({r['legacy']['pages']} page(s)) | client round trip "
               f"legacy {r['legacy']['client_total_ms']:6.1f} ms, modern {r['auto']['client_total_ms']:6.1f} ms",
               flush=True)
-        print(f"      breakdown: handler {b['handler']:.1f} ms, model_dump {b['model_dump']:.1f} ms, surface "
-              f"validate+dump legacy {b['surface_legacy']:.1f} / modern {b['surface_modern']:.1f} ms, "
-              f"json encode {b['json_encode']:.1f} ms", flush=True)
+        for key2, gc_label in (("breakdown_ms", "GC on "), ("breakdown_ms_gc_off", "GC off")):
+            b = r[key2]
+            print(f"      breakdown ({gc_label}): handler {b['handler']:.1f} ms, model_dump {b['model_dump']:.1f} ms, "
+                  f"surface validate+dump legacy {b['surface_legacy']:.1f} / modern {b['surface_modern']:.1f} ms, "
+                  f"json encode {b['json_encode']:.1f} ms", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -997,6 +1044,14 @@ def report(ctx: Ctx) -> list[tuple[str, str, str, str]]:
                             ratio >= TARGET_TP_RATIO)
                     else:
                         add(f"throughput gateway/direct, {name}, c={conc}", f"{ratio:.0%}")
+        for key, name in names.items():
+            if key in calls:
+                cpu = calls[key]["throughput"][8].get("cpu_ms_per_call", {})
+                add(f"CPU ms per call at c=8, {key[0]}", "  ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+        prof = calls.get("b_gateway_stdio_profile") or {}
+        if prof.get("busy_share"):
+            add("gateway busy time at c=8 (pyinstrument), b",
+                ", ".join(f"{k} {v:.0%}" for k, v in prof["busy_share"].items()))
 
     lst = r.get("list")
     if lst:
@@ -1015,17 +1070,20 @@ def report(ctx: Ctx) -> list[tuple[str, str, str, str]]:
             for mode, era in (("legacy", "2025-11-25"), ("auto", "2026-07-28")):
                 v = res[mode]["server_side_ms"]
                 add(f"server-side tools/list 10,010 tools, {label}, {era}",
-                    f"{v:.1f} ms ({res[mode]['pages']} page(s); client rt {res[mode]['client_total_ms']:.0f} ms)",
+                    f"{v:.1f} ms, GC {res[mode]['server_side_gc_ms']:.1f} ({res[mode]['pages']} page(s); "
+                    f"client rt {res[mode]['client_total_ms']:.0f} ms)",
                     f"<= {TARGET_SERVER_LIST_MS:.0f} ms", v <= TARGET_SERVER_LIST_MS)
         big = inproc.get("page_100000")
         if big:
-            b = big["breakdown_ms"]
-            add("  of which: gateway handler alone", f"{b['handler']:.1f} ms", f"<= {TARGET_SERVER_LIST_MS:.0f} ms",
-                b["handler"] <= TARGET_SERVER_LIST_MS)
-            add("  of which: SDK model_dump", f"{b['model_dump']:.1f} ms")
-            add("  of which: SDK surface validate+dump", f"legacy {b['surface_legacy']:.1f} ms / "
-                f"modern {b['surface_modern']:.1f} ms")
-            add("  (+ JSON framing, estimate)", f"{b['json_encode']:.1f} ms")
+            b, nb = big["breakdown_ms"], big["breakdown_ms_gc_off"]
+            add("  of which: gateway handler alone (1 page)", f"{b['handler']:.1f} ms (GC off {nb['handler']:.1f})",
+                f"<= {TARGET_SERVER_LIST_MS:.0f} ms", b["handler"] <= TARGET_SERVER_LIST_MS)
+            add("  of which: SDK model_dump", f"{b['model_dump']:.1f} ms (GC off {nb['model_dump']:.1f})")
+            add("  of which: SDK surface validate+dump, legacy", f"{b['surface_legacy']:.1f} ms "
+                f"(GC off {nb['surface_legacy']:.1f})")
+            add("  of which: SDK surface validate+dump, modern", f"{b['surface_modern']:.1f} ms "
+                f"(GC off {nb['surface_modern']:.1f})")
+            add("  (+ JSON framing, estimate)", f"{b['json_encode']:.1f} ms (GC off {nb['json_encode']:.1f})")
 
     st = r.get("startup")
     if st:
@@ -1131,6 +1189,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = report(ctx)
     print(f"\n=== results (mode={args.mode}, {'quick' if args.quick else 'full'}, {elapsed:.0f} s) ===")
     print_table(rows)
+    gprof = ctx.results.get("calls", {}).get("b_gateway_stdio_profile") or {}
+    if gprof.get("top_self"):
+        print(f"\npyinstrument, gateway process (path b) at c=8, {gprof['calls']} calls "
+              f"({gprof['calls_per_s_under_profiler']:.0f} calls/s under the profiler), top self time per call:")
+        for row in gprof["top_self"]:
+            print("  " + row)
     inproc = ctx.results.get("inprocess", {})
     for key, res in inproc.items():
         if res.get("profile_top"):

@@ -180,3 +180,32 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 20, interval
             if value:
                 return value
             await anyio.sleep(interval)
+
+
+class ToolsChanged:
+    """Collects `notifications/tools/list_changed` for an agent, in either era.
+
+    Handshake-era agents receive it through the client's message handler (pass `handler`);
+    2026-07-28 agents only on a `subscriptions/listen` stream, which `during` opens around the
+    action that should cause the change.
+    """
+
+    def __init__(self) -> None:
+        self.seen = anyio.Event()
+
+    async def handler(self, message: Any) -> None:
+        from mcp import types
+
+        if isinstance(message, types.ToolListChangedNotification):
+            self.seen.set()
+
+    async def during(self, agent: Client, mode: str, action: Callable[[], Any], timeout: float = 10) -> None:
+        if mode == "auto":
+            async with agent.listen(tools_list_changed=True) as subscription:
+                await action()
+                with anyio.fail_after(timeout):
+                    await subscription.__anext__()
+        else:
+            await action()
+            with anyio.fail_after(timeout):
+                await self.seen.wait()

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import anyio
 import httpx2
 import mcp.types as t
 import psutil
 import pytest
 from mcp import Client
 
-from .conftest import KIT, PY, gateway_http, gateway_stdio, kit_http, wait_until, write_config
+from .conftest import KIT, PY, ToolsChanged, gateway_http, gateway_stdio, kit_http, wait_until, write_config
 
 
 def remote(name: str, kind: str, url: str, extra: str = "") -> str:
@@ -24,16 +22,11 @@ def remote(name: str, kind: str, url: str, extra: str = "") -> str:
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_remote_upstream_forwarding_and_list_changed(tmp_path: Path, kind: str, mode: str) -> None:
     path = "/mcp" if kind == "http" else "/sse"
-    got = anyio.Event()
-
-    async def on_message(message: Any) -> None:
-        if isinstance(message, t.ToolListChangedNotification):
-            got.set()
-
+    changes = ToolsChanged()
     async with kit_http(kind, "--name", "web") as base:
         config = write_config(tmp_path, remote("web", kind, base + path, 'headers = { "X-Tenant" = "t1" }'),
                               gateway="health_interval = 600")
-        async with gateway_stdio(config, mode=mode, message_handler=on_message) as agent:
+        async with gateway_stdio(config, mode=mode, message_handler=changes.handler) as agent:
             names = {tool.name for tool in (await agent.list_tools()).tools}
             assert {"web__echo", "web__content", "web__slow"} <= names
             echoed = await agent.call_tool("web__echo", {"text": "over " + kind})
@@ -48,15 +41,7 @@ async def test_remote_upstream_forwarding_and_list_changed(tmp_path: Path, kind:
             content = await agent.call_tool("web__content", {})
             assert [c.type for c in content.content] == ["text", "image", "audio", "resource", "resource",
                                                          "resource_link"]
-            if mode == "auto":
-                async with agent.listen(tools_list_changed=True) as subscription:
-                    await agent.call_tool("web__grow", {"name": "added"})
-                    with anyio.fail_after(10):
-                        await subscription.__anext__()
-            else:
-                await agent.call_tool("web__grow", {"name": "added"})
-                with anyio.fail_after(10):
-                    await got.wait()
+            await changes.during(agent, mode, lambda: agent.call_tool("web__grow", {"name": "added"}))
             assert "web__added" in {tool.name for tool in (await agent.list_tools()).tools}
 
 

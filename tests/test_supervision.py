@@ -13,7 +13,18 @@ import mcp.types as t
 import pytest
 from mcp import Client
 
-from .conftest import KIT, PY, RAW, SILENT, gateway_http, gateway_stdio, stdio_server_toml, wait_until, write_config
+from .conftest import (
+    KIT,
+    PY,
+    RAW,
+    SILENT,
+    ToolsChanged,
+    gateway_http,
+    gateway_stdio,
+    stdio_server_toml,
+    wait_until,
+    write_config,
+)
 
 FAST = """
 call_timeout = 10
@@ -146,25 +157,12 @@ async def test_failed_and_silent_upstreams_do_not_block_the_others(tmp_path: Pat
 async def test_upstream_list_changed_reaches_the_agent(tmp_path: Path, mode: str) -> None:
     config = write_config(tmp_path, stdio_server_toml("kit", KIT), gateway=FAST.replace("health_interval = 1",
                                                                                          "health_interval = 600"))
-    got = anyio.Event()
-
-    async def on_message(message: Any) -> None:
-        if isinstance(message, t.ToolListChangedNotification):
-            got.set()
-
-    async with gateway_stdio(config, mode=mode, message_handler=on_message) as agent:
+    changes = ToolsChanged()
+    async with gateway_stdio(config, mode=mode, message_handler=changes.handler) as agent:
         assert "kit__fresh" not in {tool.name for tool in (await agent.list_tools()).tools}
         assert agent.server_capabilities is not None
         assert agent.server_capabilities.tools is not None and agent.server_capabilities.tools.list_changed
-        if mode == "auto":
-            async with agent.listen(tools_list_changed=True) as subscription:
-                await agent.call_tool("kit__grow", {"name": "fresh"})
-                with anyio.fail_after(10):
-                    await subscription.__anext__()
-        else:
-            await agent.call_tool("kit__grow", {"name": "fresh"})
-            with anyio.fail_after(10):
-                await got.wait()
+        await changes.during(agent, mode, lambda: agent.call_tool("kit__grow", {"name": "fresh"}))
         names = {tool.name for tool in (await agent.list_tools()).tools}
         assert "kit__fresh" in names
         assert text(await agent.call_tool("kit__fresh", {})) == "kit:fresh"

@@ -33,11 +33,26 @@ class _Taps:
         self.list_ids: set[Any] = set()
 
 
-class _ReadTap:
+class _Tap:
+    """Common part of both taps: wraps one SDK stream, closes it on exit."""
+
     def __init__(self, inner: Any, taps: _Taps) -> None:
         self._inner = inner
         self._taps = taps
 
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class _ReadTap(_Tap):
     async def receive(self) -> SessionMessage | Exception:
         try:
             item: SessionMessage | Exception = await self._inner.receive()
@@ -64,40 +79,19 @@ class _ReadTap:
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise StopAsyncIteration from None
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     @property
     def last_context(self) -> Any:
         return getattr(self._inner, "last_context", None)
 
 
-class _WriteTap:
-    def __init__(self, inner: Any, taps: _Taps) -> None:
-        self._inner = inner
-        self._taps = taps
-
+class _WriteTap(_Tap):
     async def send(self, item: SessionMessage, /) -> None:
         message = item.message
         if isinstance(message, JSONRPCRequest) and message.method == "tools/list":
             self._taps.list_ids.add(message.id)
         await self._inner.send(item)
 
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 def _repair_listing(result: dict[str, Any], warn: Warn) -> None:
