@@ -193,7 +193,8 @@ def test_stdio_front_writes_only_protocol_to_stdout(kit_config: Path) -> None:
 
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}
-    messages = [init, {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    messages: list[Any] = [init, {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                "this line is not JSON", {"jsonrpc": "2.0", "id": 9, "method": "no/such/method"},
                 {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
                 {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "kit__echo",
                                                                                 "arguments": {"text": "x"}}}]
@@ -204,9 +205,9 @@ def test_stdio_front_writes_only_protocol_to_stdout(kit_config: Path) -> None:
     answers: dict[int, Any] = {}
     try:
         for message in messages:
-            proc.stdin.write(json.dumps(message) + "\n")
+            proc.stdin.write((message if isinstance(message, str) else json.dumps(message)) + "\n")
             proc.stdin.flush()
-            if "id" in message:
+            if isinstance(message, dict) and "id" in message:
                 while message["id"] not in answers:
                     line = proc.stdout.readline()
                     assert line, "gateway closed stdout"
@@ -224,6 +225,8 @@ def test_stdio_front_writes_only_protocol_to_stdout(kit_config: Path) -> None:
     for line in rest.splitlines():
         assert json.loads(line)["jsonrpc"] == "2.0"
     assert answers[3]["result"]["structuredContent"] == {"text": "x", "server": "kit"}
+    assert answers[9]["error"]["code"] == -32601, "a bad request fails alone; the session goes on"
+    assert len(answers[2]["result"]["tools"]) == 10
     assert "upstream kit up" in err, "logs go to stderr"
     assert proc.returncode == 0, err[-2000:]
     assert sys.executable  # the gateway exited by itself when stdin closed

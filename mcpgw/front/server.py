@@ -33,6 +33,9 @@ _NOT_FORWARDED_META = ("progressToken", "traceparent", "tracestate")
 own token upstream, and trace context is re-injected by the SDK for the gateway's own span."""
 
 
+NOTIFY_TIMEOUT = 2.0
+
+
 class GatewayServer(Server[Any]):
     """A low-level Server that advertises `listChanged`, because the gateway does deliver it."""
 
@@ -72,10 +75,14 @@ class Notifier:
     async def tools_changed(self) -> None:
         await self.bus.publish(ToolsListChanged())
         for session in list(self.legacy_sessions):
-            try:
-                await session.send_tool_list_changed()
-            except Exception:  # boundary: a dead session is dropped, not fatal
-                self.legacy_sessions.discard(session)
+            # Bounded: an agent that stopped reading must not stall the upstream that changed.
+            with anyio.move_on_after(NOTIFY_TIMEOUT) as scope:
+                try:
+                    await session.send_tool_list_changed()
+                except Exception:  # boundary: a dead session is dropped, not fatal
+                    self.legacy_sessions.discard(session)
+            if scope.cancelled_caught:
+                log.warning("an agent did not accept tools/list_changed within %gs; skipped", NOTIFY_TIMEOUT)
 
 
 _PROTOCOL_META = "io.modelcontextprotocol/"
