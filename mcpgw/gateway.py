@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from mcpgw.catalog import Catalog
+from mcpgw.catalog import Catalog, Kind
 from mcpgw.config.models import Config
 from mcpgw.pipeline.chain import Pipeline
 from mcpgw.pipeline.stages.dispatch import Dispatch
@@ -27,7 +27,7 @@ from mcpgw.upstream import McpUpstream, Status, Upstream, build_upstream
 
 log = logging.getLogger("mcpgw")
 
-Listener = Callable[[], Awaitable[None]]
+Listener = Callable[[set[Kind]], Awaitable[None]]
 
 
 class Gateway:
@@ -35,7 +35,7 @@ class Gateway:
         self.config = config
         self.catalog = Catalog(config)
         self.upstreams: dict[str, McpUpstream] = {
-            name: build_upstream(name, server, config.gateway, self._tools_changed)
+            name: build_upstream(name, server, config.gateway, self._listing_changed)
             for name, server in config.servers.items()
             if server.enabled
         }
@@ -47,23 +47,23 @@ class Gateway:
             Resolve(self.catalog, config.gateway.call_timeout, timeouts, startup=self.wait_settled),
             Dispatch(self.catalog, upstreams),
         ])
-        self._tools_listeners: list[Listener] = []
+        self._listeners: list[Listener] = []
         self.started_at: float | None = None
         self._startup_deadline: float | None = None
         self.running = anyio.Event()
 
-    def on_tools_changed(self, listener: Listener) -> None:
-        """Call `listener` whenever the exported tool list changes (to send list_changed)."""
-        self._tools_listeners.append(listener)
+    def on_catalog_changed(self, listener: Listener) -> None:
+        """Call `listener(kinds)` whenever exported lists change (to send list_changed)."""
+        self._listeners.append(listener)
 
-    async def _tools_changed(self, upstream: McpUpstream) -> None:
+    async def _listing_changed(self, upstream: McpUpstream) -> None:
         online = upstream.state.status is Status.UP
-        if self.catalog.update(upstream.name, upstream.tools, online=online):
-            for listener in list(self._tools_listeners):
+        if changed := self.catalog.update(upstream.name, upstream.listing, online=online):
+            for listener in list(self._listeners):
                 try:
-                    await listener()
+                    await listener(changed)
                 except Exception:  # boundary: one broken notifier must not stop the others
-                    log.exception("tools list_changed listener failed")
+                    log.exception("list_changed listener failed")
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Supervise every upstream until cancelled. `started` fires before any has connected."""
@@ -104,7 +104,7 @@ class Gateway:
         for name, upstream in self.upstreams.items():
             info = upstream.state.as_dict()
             info["kind"] = upstream.config.kind
-            info["tools"] = len(self.catalog.tools_of(name))
+            info.update(self.catalog.counts_of(name))
             info["catalog_problems"] = self.catalog.problems.get(name, [])
             upstreams[name] = info
         up = sum(1 for u in self.upstreams.values() if u.state.status is Status.UP)
@@ -113,6 +113,9 @@ class Gateway:
             "config": str(self.config.source) if self.config.source else None,
             "upstreams_up": up,
             "upstreams_total": len(self.upstreams),
-            "tools": len(self.catalog),
+            "tools": len(self.catalog.tools),
+            "prompts": len(self.catalog.prompts),
+            "resources": len(self.catalog.resources),
+            "resource_templates": len(self.catalog.templates),
             "upstreams": upstreams,
         }

@@ -209,3 +209,18 @@ class ToolsChanged:
             await action()
             with anyio.fail_after(timeout):
                 await self.seen.wait()
+
+
+def namespaced_uris(result: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """A dumped tool result as the gateway should relay it: every content URI in `mcpgw://<prefix>/` form."""
+    out = dict(result)
+    blocks = []
+    for block in out.get("content", []):
+        block = dict(block)
+        if block.get("type") == "resource_link":
+            block["uri"] = f"mcpgw://{prefix}/{block['uri']}"
+        elif block.get("type") == "resource":
+            block["resource"] = {**block["resource"], "uri": f"mcpgw://{prefix}/{block['resource']['uri']}"}
+        blocks.append(block)
+    out["content"] = blocks
+    return out

@@ -20,7 +20,7 @@ import pytest
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.sse import sse_client
 
-from .conftest import KIT, PY, ROOT, gateway_stdio, wait_until, write_config
+from .conftest import KIT, PY, ROOT, gateway_stdio, namespaced_uris, wait_until, write_config
 
 FRONTS = ["stdio-auto", "stdio-legacy", "http-auto", "http-legacy", "sse"]
 CALL_TIMEOUT = 3
@@ -112,11 +112,13 @@ def _comparable(result: t.CallToolResult) -> dict[str, Any]:
 async def test_every_content_type_arrives_intact(front: str, base: str | None, kit_config: Path) -> None:
     mode = "legacy" if front.endswith("legacy") else "auto"
     async with Client(StdioServerParameters(command=PY, args=[str(KIT)]), mode=mode, cache=None) as direct:
-        expected = _comparable(await direct.call_tool("content", {}))
+        expected = namespaced_uris(_comparable(await direct.call_tool("content", {})), "kit")
     async with connect(front, kit_config, base) as client:
         got = await client.call_tool("kit__content", {})
     assert _comparable(got) == expected
     assert [c.type for c in got.content] == ["text", "image", "audio", "resource", "resource", "resource_link"]
+    link = got.content[5]
+    assert isinstance(link, t.ResourceLink) and str(link.uri) == "mcpgw://kit/kit://doc/2"
     assert got.structured_content == {"kinds": 6, "nested": {"a": [1, 2, 3]}}
     assert got.meta == {"kit/trace": "abc"} or (got.meta or {}).get("kit/trace") == "abc"
 
@@ -182,7 +184,7 @@ async def test_call_times_out_at_the_configured_timeout(front: str, base: str | 
         elapsed = anyio.current_time() - started
     assert result.is_error
     assert result.content[0].text == (  # type: ignore[union-attr]
-        f"upstream 'kit' did not answer tools/call 'hang' within {CALL_TIMEOUT}s; the call was cancelled upstream")
+        f"upstream 'kit' did not answer tools/call 'hang' within {CALL_TIMEOUT}s; the request was cancelled upstream")
     assert CALL_TIMEOUT - 0.1 <= elapsed < CALL_TIMEOUT + 3
     await wait_until(marker.exists, timeout=5)
 

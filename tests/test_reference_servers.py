@@ -16,7 +16,7 @@ import mcp.types as t
 import pytest
 from mcp import Client, StdioServerParameters
 
-from .conftest import PY, ROOT, gateway_http, gateway_stdio, write_config
+from .conftest import PY, ROOT, gateway_http, gateway_stdio, namespaced_uris, write_config
 
 EVERYTHING = ROOT / "tests/npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 needs_everything = pytest.mark.skipif(
@@ -69,7 +69,8 @@ async def test_everything_tools_match_direct_calls(tmp_path: Path, front: str) -
     mode = front.split("-")[1]
     async with Client(everything_params(), mode=mode, cache=None) as direct:
         direct_tools = {tool.name: tool for tool in (await direct.list_tools()).tools}
-        expected = {name: dump(await direct.call_tool(name, args)) for name, args in CALLS}
+        expected = {name: namespaced_uris(dump(await direct.call_tool(name, args)), "everything")
+                    for name, args in CALLS}
     config = config_for(tmp_path)
     if front.startswith("stdio"):
         async with gateway_stdio(config, mode=mode) as agent:

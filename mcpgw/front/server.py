@@ -8,7 +8,7 @@ pipeline, and translate the outcome into MCP. No policy, limits or routing live 
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import anyio
 import mcp.types as t
@@ -17,11 +17,18 @@ from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.context import CallNext, HandlerResult
 from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
-from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    PromptsListChanged,
+    ResourcesListChanged,
+    ServerEvent,
+    ToolsListChanged,
+)
 from pydantic import ValidationError
 
 from mcpgw import __version__
-from mcpgw.catalog import InvalidCursor, paginate
+from mcpgw.catalog import InvalidCursor, Kind, paginate
 from mcpgw.gateway import Gateway
 from mcpgw.pipeline.errors import INTERNAL_ERROR, INVALID_PARAMS, StepError, UpstreamTimeout, UpstreamUnavailable
 from mcpgw.pipeline.step import Caller, Step, StepKind
@@ -46,7 +53,8 @@ class GatewayServer(Server[Any]):
         extensions: dict[str, dict[str, Any]] | None = None,
     ) -> InitializationOptions:
         return super().create_initialization_options(
-            notification_options or NotificationOptions(tools_changed=True),
+            notification_options
+            or NotificationOptions(tools_changed=True, prompts_changed=True, resources_changed=True),
             experimental_capabilities,
             extensions,
         )
@@ -72,17 +80,30 @@ class Notifier:
         if exit_stack is not None:
             exit_stack.callback(self.legacy_sessions.discard, session)
 
-    async def tools_changed(self) -> None:
-        await self.bus.publish(ToolsListChanged())
+    async def changed(self, kinds: set[Kind]) -> None:
+        events: list[ServerEvent] = []
+        senders: list[str] = []
+        if Kind.TOOL in kinds:
+            events.append(ToolsListChanged())
+            senders.append("send_tool_list_changed")
+        if Kind.PROMPT in kinds:
+            events.append(PromptsListChanged())
+            senders.append("send_prompt_list_changed")
+        if kinds & {Kind.RESOURCE, Kind.TEMPLATE}:
+            events.append(ResourcesListChanged())
+            senders.append("send_resource_list_changed")
+        for event in events:
+            await self.bus.publish(event)
         for session in list(self.legacy_sessions):
             # Bounded: an agent that stopped reading must not stall the upstream that changed.
             with anyio.move_on_after(NOTIFY_TIMEOUT) as scope:
                 try:
-                    await session.send_tool_list_changed()
+                    for sender in senders:
+                        await getattr(session, sender)()
                 except Exception:  # boundary: a dead session is dropped, not fatal
                     self.legacy_sessions.discard(session)
             if scope.cancelled_caught:
-                log.warning("an agent did not accept tools/list_changed within %gs; skipped", NOTIFY_TIMEOUT)
+                log.warning("an agent did not accept list_changed within %gs; skipped", NOTIFY_TIMEOUT)
 
 
 _PROTOCOL_META = "io.modelcontextprotocol/"
@@ -125,18 +146,44 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
     """The MCP server for `gateway`, plus the notifier the gateway uses to announce changes."""
     settings = gateway.config.gateway
     notifier = Notifier()
-    gateway.on_tools_changed(notifier.tools_changed)
+    gateway.on_catalog_changed(notifier.changed)
 
-    async def list_tools(ctx: ServerRequestContext[Any], params: t.PaginatedRequestParams | None) -> t.ListToolsResult:
+    async def run(step: Step) -> Any:
+        try:
+            return await gateway.pipeline.run(step)
+        except StepError as exc:
+            raise MCPError(exc.code, exc.message) from None
+
+    async def listing(ctx: ServerRequestContext[Any], kind: StepKind, params: t.PaginatedRequestParams | None) -> Any:
         if not gateway.settled:
             await gateway.wait_settled()
-        step = Step(StepKind.TOOL_LIST, _caller(ctx, default_transport))
-        tools = await gateway.pipeline.run(step)
+        items = await run(Step(kind, _caller(ctx, default_transport)))
         try:
-            page, next_cursor = paginate(tools, params.cursor if params else None, settings.page_size)
+            return paginate(items, params.cursor if params else None, settings.page_size)
         except InvalidCursor as exc:
             raise MCPError(INVALID_PARAMS, str(exc)) from None
+
+    async def list_tools(ctx: ServerRequestContext[Any], params: t.PaginatedRequestParams | None) -> t.ListToolsResult:
+        page, next_cursor = await listing(ctx, StepKind.TOOL_LIST, params)
         return t.ListToolsResult(tools=page, next_cursor=next_cursor)
+
+    async def list_prompts(
+        ctx: ServerRequestContext[Any], params: t.PaginatedRequestParams | None
+    ) -> t.ListPromptsResult:
+        page, next_cursor = await listing(ctx, StepKind.PROMPT_LIST, params)
+        return t.ListPromptsResult(prompts=page, next_cursor=next_cursor)
+
+    async def list_resources(
+        ctx: ServerRequestContext[Any], params: t.PaginatedRequestParams | None
+    ) -> t.ListResourcesResult:
+        page, next_cursor = await listing(ctx, StepKind.RESOURCE_LIST, params)
+        return t.ListResourcesResult(resources=page, next_cursor=next_cursor)
+
+    async def list_templates(
+        ctx: ServerRequestContext[Any], params: t.PaginatedRequestParams | None
+    ) -> t.ListResourceTemplatesResult:
+        page, next_cursor = await listing(ctx, StepKind.TEMPLATE_LIST, params)
+        return t.ListResourceTemplatesResult(resource_templates=page, next_cursor=next_cursor)
 
     async def call_tool(ctx: ServerRequestContext[Any], params: t.CallToolRequestParams) -> t.CallToolResult:
         session = ctx.session
@@ -158,23 +205,56 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
             return _error_result(exc.message, step.outcome.value if step.outcome else "error")
         except StepError as exc:
             raise MCPError(exc.code, exc.message) from None
-        if result.meta and any(k.startswith(_PROTOCOL_META) for k in result.meta):
-            # The upstream hop's protocol envelope (its serverInfo...) is not the agent's business.
-            meta = {k: v for k, v in result.meta.items() if not k.startswith(_PROTOCOL_META)}
-            result = result.model_copy(update={"meta": meta or None})
-        return result
+        return _without_protocol_meta(result)
+
+    async def read_resource(
+        ctx: ServerRequestContext[Any], params: t.ReadResourceRequestParams
+    ) -> t.ReadResourceResult:
+        step = Step(StepKind.RESOURCE_READ, _caller(ctx, default_transport), target=str(params.uri),
+                    meta=_forwardable_meta(ctx))
+        result: t.ReadResourceResult = await run(step)
+        return _without_protocol_meta(result)
+
+    async def get_prompt(ctx: ServerRequestContext[Any], params: t.GetPromptRequestParams) -> t.GetPromptResult:
+        step = Step(StepKind.PROMPT_GET, _caller(ctx, default_transport), target=params.name,
+                    arguments=dict(params.arguments or {}), meta=_forwardable_meta(ctx))
+        result: t.GetPromptResult = await run(step)
+        return _without_protocol_meta(result)
+
+    async def complete(ctx: ServerRequestContext[Any], params: t.CompleteRequestParams) -> t.CompleteResult:
+        target = params.ref.name if isinstance(params.ref, t.PromptReference) else params.ref.uri
+        step = Step(StepKind.COMPLETE, _caller(ctx, default_transport), target=target, request=params)
+        result: t.CompleteResult = await run(step)
+        return _without_protocol_meta(result)
 
     server = GatewayServer(
         settings.name,
         version=__version__,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
+        on_list_resources=list_resources,
+        on_list_resource_templates=list_templates,
+        on_read_resource=read_resource,
+        on_completion=complete,
         on_subscriptions_listen=ListenHandler(notifier.bus),
         get_tool_input_schema=gateway.catalog.input_schema,
     )
     server.add_notification_handler("notifications/initialized", t.NotificationParams, notifier.on_initialized)
     server.middleware.append(_contain_errors)
     return server, notifier
+
+
+ResultT = TypeVar("ResultT", bound=t.Result)
+
+
+def _without_protocol_meta(result: ResultT) -> ResultT:
+    """The upstream hop's protocol envelope (its serverInfo...) is not the agent's business."""
+    if result.meta and any(k.startswith(_PROTOCOL_META) for k in result.meta):
+        meta = {k: v for k, v in result.meta.items() if not k.startswith(_PROTOCOL_META)}
+        return result.model_copy(update={"meta": meta or None})
+    return result
 
 
 async def _contain_errors(ctx: ServerRequestContext[Any], call_next: CallNext) -> HandlerResult:

@@ -18,6 +18,16 @@ from typing import Any
 class StepKind(StrEnum):
     TOOL_CALL = "tools/call"
     TOOL_LIST = "tools/list"
+    PROMPT_GET = "prompts/get"
+    PROMPT_LIST = "prompts/list"
+    RESOURCE_READ = "resources/read"
+    RESOURCE_LIST = "resources/list"
+    TEMPLATE_LIST = "resources/templates/list"
+    COMPLETE = "completion/complete"
+
+    @property
+    def is_listing(self) -> bool:
+        return self.value.endswith("/list")
 
 
 class Outcome(StrEnum):
@@ -70,7 +80,10 @@ class Step:
     kind: StepKind
     caller: Caller
     target: str = ""
+    """The exported name or URI the agent asked for (a tool, prompt, resource, completion ref)."""
     arguments: dict[str, Any] | None = None
+    request: Any = None
+    """Kind-specific request data the generic fields do not carry (a completion's argument)."""
     meta: dict[str, Any] = field(default_factory=dict)
     progress: ProgressFn | None = None
     parent_id: str | None = None

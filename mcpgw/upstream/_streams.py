@@ -19,7 +19,7 @@ import anyio
 import mcp.types as t
 from mcp.shared.message import SessionMessage
 from mcp_types.jsonrpc import JSONRPCRequest, JSONRPCResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from mcpgw.upstream.schemas import sanitize_tool
 
@@ -30,7 +30,8 @@ class _Taps:
     def __init__(self, warn: Warn) -> None:
         self.warn = warn
         self.closed = anyio.Event()
-        self.list_ids: set[Any] = set()
+        self.list_ids: dict[Any, str] = {}
+        """Ids of our listing requests in flight, and their methods."""
 
 
 class _Tap:
@@ -62,8 +63,8 @@ class _ReadTap(_Tap):
         if isinstance(item, SessionMessage):
             message = item.message
             if isinstance(message, JSONRPCResponse) and message.id in self._taps.list_ids:
-                self._taps.list_ids.discard(message.id)
-                _repair_listing(message.result, self._taps.warn)
+                method = self._taps.list_ids.pop(message.id)
+                _repair_listing(method, message.result, self._taps.warn)
         return item
 
     async def aclose(self) -> None:
@@ -88,33 +89,48 @@ class _ReadTap(_Tap):
 class _WriteTap(_Tap):
     async def send(self, item: SessionMessage, /) -> None:
         message = item.message
-        if isinstance(message, JSONRPCRequest) and message.method == "tools/list":
-            self._taps.list_ids.add(message.id)
+        if isinstance(message, JSONRPCRequest) and message.method in _LISTINGS:
+            self._taps.list_ids[message.id] = message.method
         await self._inner.send(item)
 
 
 
-def _repair_listing(result: dict[str, Any], warn: Warn) -> None:
-    tools = result.get("tools")
-    if not isinstance(tools, list):
+_LISTINGS: dict[str, tuple[str, type[BaseModel]]] = {
+    "tools/list": ("tools", t.Tool),
+    "prompts/list": ("prompts", t.Prompt),
+    "resources/list": ("resources", t.Resource),
+    "resources/templates/list": ("resourceTemplates", t.ResourceTemplate),
+}
+
+
+def _repair_listing(method: str, result: dict[str, Any], warn: Warn) -> None:
+    field, model = _LISTINGS[method]
+    items = result.get(field)
+    if not isinstance(items, list):
         return
+    kind = field.rstrip("s").replace("resourceTemplate", "resource template")
     kept = []
-    for index, raw in enumerate(tools):
-        repaired, notes = sanitize_tool(raw)
-        label = raw.get("name") if isinstance(raw, dict) and isinstance(raw.get("name"), str) else f"#{index}"
-        for note in notes:
-            warn(f"tool {label!r}: {note}")
+    for index, raw in enumerate(items):
+        key = "uriTemplate" if model is t.ResourceTemplate else "uri" if model is t.Resource else "name"
+        label = raw.get(key) if isinstance(raw, dict) and isinstance(raw.get(key), str) else f"#{index}"
+        repaired: dict[str, Any] | None = raw if isinstance(raw, dict) else None
+        if model is t.Tool:
+            repaired, notes = sanitize_tool(raw)
+            for note in notes:
+                warn(f"tool {label!r}: {note}")
         if repaired is None:
+            if model is not t.Tool:
+                warn(f"{kind} {label!r} dropped: not a JSON object")
             continue
         try:
-            t.Tool.model_validate(repaired, by_name=False)
+            model.model_validate(repaired, by_name=False)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            warn(f"tool {label!r} dropped: invalid {where}: {first['msg']}")
+            warn(f"{kind} {label!r} dropped: invalid {where}: {first['msg']}")
             continue
         kept.append(repaired)
-    result["tools"] = kept
+    result[field] = kept
 
 
 class TappedTransport:

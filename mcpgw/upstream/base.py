@@ -60,8 +60,12 @@ class UpstreamState:
         }
 
 
-ToolsChanged = Callable[[Any], Awaitable[None]]
-"""Called with the upstream whose tool list changed."""
+ListingChanged = Callable[[Any], Awaitable[None]]
+"""Called with the upstream whose listing (tools, prompts, resources) changed."""
+ResourceUpdated = Callable[[str, str], Awaitable[None]]
+"""Called with (upstream name, upstream's own URI) when a subscribed resource changed."""
+LogMessage = Callable[[str, t.LoggingMessageNotificationParams], Awaitable[None]]
+"""Called with (upstream name, log message) for every log notification an upstream sends."""
 
 
 class Upstream(Protocol):
@@ -86,5 +90,23 @@ class Upstream(Protocol):
         timeout: float,
         progress: ProgressFn | None,
     ) -> t.CallToolResult:
-        """Forward one call. Raises `StepError` subclasses that name this upstream."""
+        """Forward one call. Raises `StepError` subclasses that name this upstream (so do the others)."""
+        ...
+
+    async def read_resource(self, uri: str, *, meta: dict[str, Any] | None, timeout: float) -> t.ReadResourceResult:
+        ...
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, str] | None, *, meta: dict[str, Any] | None, timeout: float
+    ) -> t.GetPromptResult:
+        ...
+
+    async def complete(
+        self,
+        ref: t.PromptReference | t.ResourceTemplateReference,
+        argument: t.CompletionArgument,
+        context: t.CompletionContext | None,
+        *,
+        timeout: float,
+    ) -> t.CompleteResult:
         ...

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.abc
@@ -30,17 +30,19 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 from mcpgw import __version__
+from mcpgw.catalog import Listing
 from mcpgw.config.models import GatewaySettings, HttpServer, ServerConfig, SseServer, StdioServer
 from mcpgw.pipeline.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from mcpgw.pipeline.step import ProgressFn
 from mcpgw.upstream._streams import TappedTransport
-from mcpgw.upstream.base import Status, ToolsChanged, UpstreamState
+from mcpgw.upstream.base import ListingChanged, LogMessage, ResourceUpdated, Status, UpstreamState
 
 log = logging.getLogger("mcpgw.upstream")
 
 CONNECTION_CLOSED = -32000
 REQUEST_TIMEOUT = -32001
 MAX_LIST_PAGES = 1000
+ResultT = TypeVar("ResultT", bound=t.Result)
 GATEWAY_CLIENT_INFO = t.Implementation(name="mcpgw", version=__version__)
 
 
@@ -83,7 +85,7 @@ class McpUpstream:
         name: str,
         config: ServerConfig,
         settings: GatewaySettings,
-        on_tools_changed: ToolsChanged,
+        on_listing_changed: ListingChanged,
     ) -> None:
         self.name = name
         self.config = config
@@ -91,15 +93,27 @@ class McpUpstream:
         self.state = UpstreamState()
         self.settled = anyio.Event()
         """Set once the first connection attempt has ended, whichever way."""
-        self._on_tools_changed = on_tools_changed
-        self._tools: tuple[t.Tool, ...] = ()
+        self._on_listing_changed = on_listing_changed
+        self._listing = Listing()
+        self._on_resource_updated: ResourceUpdated | None = None
+        self._on_log_message: LogMessage | None = None
         self._client: Client | None = None
         self._refresh_send, self._refresh_recv = anyio.create_memory_object_stream[None](1)
         self._lost: anyio.Event = anyio.Event()
 
     @property
     def tools(self) -> Sequence[t.Tool]:
-        return self._tools
+        return self._listing.tools
+
+    @property
+    def listing(self) -> Listing:
+        return self._listing
+
+    def on_resource_updated(self, callback: ResourceUpdated) -> None:
+        self._on_resource_updated = callback
+
+    def on_log_message(self, callback: LogMessage) -> None:
+        self._on_log_message = callback
 
     # -- supervision -------------------------------------------------------------------------
 
@@ -123,7 +137,7 @@ class McpUpstream:
                 self._set(Status.DOWN, reason + tail, next_retry_in=backoff)
                 verb = "lost" if was is Status.UP else "failed to start"
                 log.warning("upstream %s %s: %s; retrying in %.1fs", self.name, verb, reason + tail, backoff)
-                await self._publish(())
+                await self._publish(Listing())
                 self.settled.set()
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.restart_backoff_max)
@@ -162,13 +176,13 @@ class McpUpstream:
                         logging_callback=self._on_log,
                     )
                 )
-                tools = await self._list_tools(client)
+                listing = await self._list_all(client)
                 startup.deadline = math.inf
-                await self._serve(client, transport, tools)
+                await self._serve(client, transport, listing)
         if startup.cancelled_caught:
             raise TimeoutError(f"no answer within connect_timeout ({self.settings.connect_timeout:g}s)")
 
-    async def _serve(self, client: Client, transport: TappedTransport, tools: tuple[t.Tool, ...]) -> None:
+    async def _serve(self, client: Client, transport: TappedTransport, listing: Listing) -> None:
         self._client = client
         self._lost = anyio.Event()
         self.state.connects += 1
@@ -177,9 +191,10 @@ class McpUpstream:
         self.state.server_name = info.name if info else None
         self.state.server_version = info.version if info else None
         self._set(Status.UP)
-        log.info("upstream %s up (%s, protocol %s, %d tools)", self.name, self.config.kind,
-                 client.protocol_version, len(tools))
-        await self._publish(tools)
+        log.info("upstream %s up (%s, protocol %s, %d tools, %d prompts, %d resources, %d resource templates)",
+                 self.name, self.config.kind, client.protocol_version, len(listing.tools), len(listing.prompts),
+                 len(listing.resources), len(listing.templates))
+        await self._publish(listing)
         self.settled.set()
         try:
             async with anyio.create_task_group() as tg:
@@ -258,50 +273,74 @@ class McpUpstream:
 
     # -- catalog -----------------------------------------------------------------------------
 
-    async def _list_tools(self, client: Client) -> tuple[t.Tool, ...]:
-        tools: list[t.Tool] = []
+    async def _list_all(self, client: Client) -> Listing:
+        """Everything the upstream offers, each kind only if it advertises the capability."""
+        caps = client.server_capabilities or t.ServerCapabilities()
+        session = client.session
+        tools = await self._pages("tools/list", session.list_tools, "tools") if caps.tools else ()
+        prompts = await self._pages("prompts/list", session.list_prompts, "prompts") if caps.prompts else ()
+        resources: tuple[Any, ...] = ()
+        templates: tuple[Any, ...] = ()
+        if caps.resources:
+            resources = await self._pages("resources/list", session.list_resources, "resources")
+            templates = await self._pages(
+                "resources/templates/list", session.list_resource_templates, "resource_templates"
+            )
+        return Listing(tools=tools, prompts=prompts, resources=resources, templates=templates)
+
+    async def _pages(self, method: str, fetch: Any, attr: str) -> tuple[Any, ...]:
+        items: list[Any] = []
         cursor: str | None = None
         for _ in range(MAX_LIST_PAGES):
-            page = await client.session.list_tools(params=t.PaginatedRequestParams(cursor=cursor) if cursor else None)
-            tools.extend(page.tools)
+            page = await fetch(params=t.PaginatedRequestParams(cursor=cursor) if cursor else None)
+            items.extend(getattr(page, attr))
             cursor = page.next_cursor
             if not cursor:
-                return tuple(tools)
-        self._warn(f"tools/list returned more than {MAX_LIST_PAGES} pages; the rest were ignored")
-        return tuple(tools)
+                return tuple(items)
+        self._warn(f"{method} returned more than {MAX_LIST_PAGES} pages; the rest were ignored")
+        return tuple(items)
 
-    async def _publish(self, tools: Sequence[t.Tool]) -> None:
-        self._tools = tuple(tools)
-        await self._on_tools_changed(self)
+    async def _publish(self, listing: Listing) -> None:
+        self._listing = listing
+        await self._on_listing_changed(self)
 
     def _request_refresh(self) -> None:
         with contextlib.suppress(anyio.WouldBlock):  # a queued refresh will see this change too
             self._refresh_send.send_nowait(None)
 
     async def _on_message(self, message: Any) -> None:
-        if isinstance(message, t.ToolListChangedNotification):
+        if isinstance(message, _LIST_CHANGED):
             self._request_refresh()
+        elif isinstance(message, t.ResourceUpdatedNotification) and self._on_resource_updated is not None:
+            await self._on_resource_updated(self.name, str(message.params.uri))
 
     async def _on_log(self, params: t.LoggingMessageNotificationParams) -> None:
         level = {"debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO, "warning": logging.WARNING}
         logging.getLogger(f"mcpgw.upstream.{self.name}").log(
             level.get(params.level, logging.ERROR), "%s%s", f"[{params.logger}] " if params.logger else "", params.data
         )
+        if self._on_log_message is not None:
+            await self._on_log_message(self.name, params)
 
     async def _refresher(self, client: Client) -> None:
         async for _ in self._refresh_recv:
             try:
                 with anyio.fail_after(self.settings.connect_timeout):
-                    tools = await self._list_tools(client)
+                    listing = await self._list_all(client)
             except Exception as exc:  # boundary: a failed refresh means the session is unusable
-                self._mark_lost(f"tools/list after list_changed failed: {describe_failure(exc)}")
+                self._mark_lost(f"listing after list_changed failed: {describe_failure(exc)}")
                 return
-            await self._publish(tools)
+            await self._publish(listing)
 
     async def _listen(self, client: Client) -> None:
         """Modern-era upstreams only announce changes on a listen stream (teed to `_on_message`)."""
+        caps = client.server_capabilities or t.ServerCapabilities()
         try:
-            async with client.listen(tools_list_changed=True) as subscription:
+            async with client.listen(
+                tools_list_changed=bool(caps.tools),
+                prompts_list_changed=bool(caps.prompts),
+                resources_list_changed=bool(caps.resources),
+            ) as subscription:
                 async for _event in subscription:
                     pass
         except Exception as exc:  # boundary: no listen support just means we rely on probes
@@ -310,7 +349,7 @@ class McpUpstream:
     async def _probe(self, client: Client) -> None:
         """Notice a hung or silently dead upstream without waiting for a user's call.
 
-        `ping` is gone at 2026-07-28, so the probe is a tools/list; it doubles as a safety net
+        `ping` is gone at 2026-07-28, so the probe is a listing; it doubles as a safety net
         for a missed list_changed.
         """
         interval = self.settings.health_interval
@@ -318,14 +357,14 @@ class McpUpstream:
             await anyio.sleep(interval)
             try:
                 with anyio.fail_after(min(self.settings.connect_timeout, max(interval, 1.0))):
-                    tools = await self._list_tools(client)
+                    listing = await self._list_all(client)
             except Exception as exc:  # boundary: any probe failure means reconnect
                 self._mark_lost(f"liveness probe failed: {describe_failure(exc)}")
                 return
-            if tools != self._tools:
-                await self._publish(tools)
+            if listing != self._listing:
+                await self._publish(listing)
 
-    # -- calls -------------------------------------------------------------------------------
+    # -- requests ----------------------------------------------------------------------------
 
     async def call_tool(
         self,
@@ -336,39 +375,78 @@ class McpUpstream:
         timeout: float,
         progress: ProgressFn | None,
     ) -> t.CallToolResult:
+        request = t.CallToolRequest(
+            params=t.CallToolRequestParams(name=name, arguments=arguments, _meta=cast(Any, meta or None))
+        )
+        # send_request, not call_tool: the gateway relays results verbatim and does not
+        # re-validate structured content against the upstream's output schema.
+        return await self._send("tools/call", name, request, t.CallToolResult, timeout, progress)
+
+    async def read_resource(self, uri: str, *, meta: dict[str, Any] | None, timeout: float) -> t.ReadResourceResult:
+        request = t.ReadResourceRequest(params=t.ReadResourceRequestParams(uri=uri, _meta=cast(Any, meta or None)))
+        return await self._send("resources/read", uri, request, t.ReadResourceResult, timeout, None)
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, str] | None, *, meta: dict[str, Any] | None, timeout: float
+    ) -> t.GetPromptResult:
+        request = t.GetPromptRequest(
+            params=t.GetPromptRequestParams(name=name, arguments=arguments, _meta=cast(Any, meta or None))
+        )
+        return await self._send("prompts/get", name, request, t.GetPromptResult, timeout, None)
+
+    async def complete(
+        self,
+        ref: t.PromptReference | t.ResourceTemplateReference,
+        argument: t.CompletionArgument,
+        context: t.CompletionContext | None,
+        *,
+        timeout: float,
+    ) -> t.CompleteResult:
+        caps = self._client.server_capabilities if self._client else None
+        if caps is not None and caps.completions is None:
+            return t.CompleteResult(completion=t.Completion(values=[]))
+        request = t.CompleteRequest(params=t.CompleteRequestParams(ref=ref, argument=argument, context=context))
+        target = ref.name if isinstance(ref, t.PromptReference) else ref.uri
+        return await self._send("completion/complete", target, request, t.CompleteResult, timeout, None)
+
+    async def _send(
+        self,
+        method: str,
+        target: str,
+        request: Any,
+        result_type: type[ResultT],
+        timeout: float,
+        progress: ProgressFn | None,
+    ) -> ResultT:
         client = self._client
         if client is None or self.state.status is not Status.UP:
             why = self.state.error or self.state.status.value
             raise UpstreamUnavailable(f"upstream {self.name!r} is not available ({why}); try again shortly")
-        request = t.CallToolRequest(
-            params=t.CallToolRequestParams(name=name, arguments=arguments, _meta=cast(Any, meta or None))
-        )
         try:
-            # send_request, not call_tool: the gateway relays results verbatim and does not
-            # re-validate structured content against the upstream's output schema.
             return await client.session.send_request(
                 request,
-                t.CallToolResult,
+                result_type,
                 request_read_timeout_seconds=timeout if math.isfinite(timeout) else None,
                 progress_callback=cast(Any, progress),
             )
         except MCPError as exc:
             if exc.code == REQUEST_TIMEOUT:
                 raise UpstreamTimeout(
-                    f"upstream {self.name!r} did not answer tools/call {name!r} within {timeout:g}s; "
-                    "the call was cancelled upstream"
+                    f"upstream {self.name!r} did not answer {method} {target!r} within {timeout:g}s; "
+                    "the request was cancelled upstream"
                 ) from None
             if exc.code == CONNECTION_CLOSED:
-                self._mark_lost("connection closed during a call")
+                self._mark_lost("connection closed during a request")
                 raise UpstreamUnavailable(
-                    f"upstream {self.name!r} closed the connection during tools/call {name!r} "
+                    f"upstream {self.name!r} closed the connection during {method} {target!r} "
                     "(it crashed or exited); it is being restarted"
                 ) from None
             raise UpstreamProtocolError(f"upstream {self.name!r}: {exc.message}", code=exc.code) from None
         except ValidationError:
-            raise UpstreamProtocolError(
-                f"upstream {self.name!r} returned a malformed tools/call result for {name!r}"
-            ) from None
+            raise UpstreamProtocolError(f"upstream {self.name!r} returned a malformed {method} result") from None
+
+
+_LIST_CHANGED = (t.ToolListChangedNotification, t.PromptListChangedNotification, t.ResourceListChangedNotification)
 
 
 async def _set_when(source: anyio.Event, target: anyio.Event) -> None:
