@@ -95,19 +95,25 @@ def cmd_check(args: argparse.Namespace) -> int:
             server = config.servers[name]
             status = info["status"]
             mark = "ok  " if status == Status.UP.value else "FAIL"
-            detail = f"{info['tools']} tool(s)" if status == Status.UP.value else info["error"] or status
+            counts = ", ".join(f"{info[k]} {k.replace('_', ' ')}" for k in ("tools", "prompts", "resources",
+                                                                              "resource_templates") if info[k])
+            detail = (counts or "nothing offered") if status == Status.UP.value else info["error"] or status
             print(f"  {mark} {name:<20} {server.kind:<6} prefix={config.prefix_of(name)!r:<12} {detail}")
             for warning in info["warnings"]:
                 print(f"       warning: {warning}")
             for problem in info["catalog_problems"]:
                 print(f"       problem: {problem}")
-            for entry in sorted(gateway.catalog.tools_of(name), key=lambda e: e.exported):
-                print(f"       {entry.exported}")
+            catalog = gateway.catalog
+            for label, index in (("tool", catalog.tools_index), ("prompt", catalog.prompts_index),
+                                 ("resource", catalog.resources_index), ("template", catalog.templates_index)):
+                for exported in sorted(k for k, e in index.merged.items() if e.upstream == name):
+                    print(f"       {label:<9}{exported}")
         disabled = [n for n, s in config.servers.items() if not s.enabled]
         for name in disabled:
             print(f"  off  {name:<20} (enabled = false)")
-        print(f"catalog: {report['tools']} tool(s) from {report['upstreams_up']}/{report['upstreams_total']} "
-              "upstream(s) up")
+        print(f"catalog: {report['tools']} tool(s), {report['prompts']} prompt(s), {report['resources']} "
+              f"resource(s), {report['resource_templates']} resource template(s) from "
+              f"{report['upstreams_up']}/{report['upstreams_total']} upstream(s) up")
     for info in report["upstreams"].values():
         if info["status"] != Status.UP.value or any("withheld" in p for p in info["catalog_problems"]):
             failed = True

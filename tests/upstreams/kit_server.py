@@ -122,6 +122,59 @@ class Kit:
             await session.send_tool_list_changed()
 
 
+    async def list_resources(self, ctx: ServerRequestContext[Any], params: Any) -> t.ListResourcesResult:
+        return t.ListResourcesResult(resources=[
+            t.Resource(uri="kit://doc/1", name="doc1", mime_type="text/plain"),
+            t.Resource(uri="kit://doc/2", name="doc2", mime_type="text/plain"),
+            t.Resource(uri="kit://blob/1", name="blob1", mime_type="application/octet-stream"),
+        ])
+
+    async def list_templates(self, ctx: ServerRequestContext[Any], params: Any) -> t.ListResourceTemplatesResult:
+        return t.ListResourceTemplatesResult(resource_templates=[
+            t.ResourceTemplate(uri_template="kit://items/{id}", name="item", mime_type="application/json"),
+        ])
+
+    async def read_resource(self, ctx: ServerRequestContext[Any], params: t.ReadResourceRequestParams) -> Any:
+        uri = str(params.uri)
+        if uri.startswith("kit://doc/"):
+            return t.ReadResourceResult(contents=[t.TextResourceContents(uri=uri, mime_type="text/plain",
+                                                                         text=f"{self.name} document {uri[10:]}")])
+        if uri == "kit://blob/1":
+            return t.ReadResourceResult(contents=[t.BlobResourceContents(uri=uri, blob=WAV,
+                                                                         mime_type="application/octet-stream")])
+        if uri.startswith("kit://items/"):
+            return t.ReadResourceResult(contents=[t.TextResourceContents(
+                uri=uri, mime_type="application/json", text=f'{{"id": "{uri[12:]}", "server": "{self.name}"}}')])
+        raise MCPError(-32002, f"Resource not found: {uri}")
+
+    async def list_prompts(self, ctx: ServerRequestContext[Any], params: Any) -> t.ListPromptsResult:
+        return t.ListPromptsResult(prompts=[
+            t.Prompt(name="greet", description="Greet someone", arguments=[
+                t.PromptArgument(name="who", required=True), t.PromptArgument(name="tone")]),
+        ])
+
+    async def get_prompt(self, ctx: ServerRequestContext[Any], params: t.GetPromptRequestParams) -> Any:
+        if params.name != "greet":
+            raise MCPError(t.INVALID_PARAMS, f"Unknown prompt: {params.name}")
+        args = params.arguments or {}
+        return t.GetPromptResult(description="a greeting", messages=[
+            t.PromptMessage(role="user", content=t.TextContent(type="text", text=f"Say hi to {args.get('who')}")),
+            t.PromptMessage(role="user", content=t.EmbeddedResource(type="resource", resource=t.TextResourceContents(
+                uri="kit://doc/1", mime_type="text/plain", text="context"))),
+        ])
+
+    async def complete(self, ctx: ServerRequestContext[Any], params: t.CompleteRequestParams) -> t.CompleteResult:
+        ref = params.ref
+        if isinstance(ref, t.PromptReference) and ref.name == "greet" and params.argument.name == "who":
+            pool = ["alice", "albert", "bob"]
+        elif isinstance(ref, t.ResourceTemplateReference) and ref.uri == "kit://items/{id}":
+            pool = ["1", "12", "42"]
+        else:
+            pool = []
+        values = [v for v in pool if v.startswith(params.argument.value)]
+        return t.CompleteResult(completion=t.Completion(values=values, total=len(values), has_more=False))
+
+
 class KitServer(Server[Any]):
     def create_initialization_options(self, notification_options: Any = None, experimental_capabilities: Any = None,
                                       extensions: Any = None) -> Any:
@@ -132,6 +185,9 @@ class KitServer(Server[Any]):
 def build(name: str, extra: int) -> KitServer:
     kit = Kit(name, extra)
     server = KitServer(name, version="1.0", on_list_tools=kit.list_tools, on_call_tool=kit.call_tool,
+                       on_list_resources=kit.list_resources, on_list_resource_templates=kit.list_templates,
+                       on_read_resource=kit.read_resource, on_list_prompts=kit.list_prompts,
+                       on_get_prompt=kit.get_prompt, on_completion=kit.complete,
                        on_subscriptions_listen=ListenHandler(kit.bus))
     server.add_notification_handler("notifications/initialized", t.NotificationParams, kit.on_initialized)
     return server
