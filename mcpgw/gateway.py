@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
 import anyio.abc
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcpgw.catalog import Catalog, Kind
 from mcpgw.config.models import Config
@@ -51,6 +52,7 @@ class Gateway:
         self.started_at: float | None = None
         self._startup_deadline: float | None = None
         self.running = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
 
     def on_catalog_changed(self, listener: Listener) -> None:
         """Call `listener(kinds)` whenever exported lists change (to send list_changed)."""
@@ -72,10 +74,25 @@ class Gateway:
         names = ", ".join(self.upstreams) or "none"
         log.info("starting %d upstream(s): %s", len(self.upstreams), names)
         async with anyio.create_task_group() as tg:
+            self._tg = tg
             for upstream in self.upstreams.values():
                 tg.start_soon(upstream.run)
             self.running.set()
             task_status.started()
+
+    def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `fn` in the gateway's own task group: it outlives the request that started it."""
+        if self._tg is None:
+            raise RuntimeError("the gateway is not running")
+        self._tg.start_soon(fn)
+
+    def speaks_modern(self, tool: str) -> bool | None:
+        """Whether the upstream serving `tool` speaks 2026-07-28 (None if unknown or down)."""
+        entry = self.catalog.lookup(tool)
+        upstream = self.upstreams.get(entry.upstream) if entry else None
+        if upstream is None or upstream.state.protocol_version is None:
+            return None
+        return upstream.state.protocol_version in MODERN_PROTOCOL_VERSIONS
 
     @property
     def settled(self) -> bool:

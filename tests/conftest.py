@@ -200,6 +200,7 @@ class ToolsChanged:
             self.seen.set()
 
     async def during(self, agent: Client, mode: str, action: Callable[[], Any], timeout: float = 10) -> None:
+        self.seen = anyio.Event()  # only a change announced after the action counts
         if mode == "auto":
             async with agent.listen(tools_list_changed=True) as subscription:
                 await action()

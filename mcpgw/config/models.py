@@ -67,6 +67,11 @@ class _ServerBase(_Model):
     timeout: float | None = Field(default=None, gt=0, description="per-call timeout; default: gateway.call_timeout")
     tools: ToolFilter = ToolFilter()
     enabled: bool = True
+    protocol: Literal["auto", "legacy", "2026-07-28"] = Field(
+        default="auto",
+        description="auto: 2026-07-28 if the server speaks it, else the 2025 handshake; legacy: always the "
+        "handshake; 2026-07-28: assume it without probing",
+    )
 
     @field_validator("prefix")
     @classmethod

@@ -7,6 +7,7 @@ pipeline, and translate the outcome into MCP. No policy, limits or routing live 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, TypeVar, cast
 
@@ -25,13 +26,15 @@ from mcp.server.subscriptions import (
     ServerEvent,
     ToolsListChanged,
 )
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 from mcpgw import __version__
 from mcpgw.catalog import InvalidCursor, Kind, paginate
+from mcpgw.front.asking import PARKED_PREFIX, BackChannelAsker, Parking, PassThroughAsker
 from mcpgw.gateway import Gateway
 from mcpgw.pipeline.errors import INTERNAL_ERROR, INVALID_PARAMS, StepError, UpstreamTimeout, UpstreamUnavailable
-from mcpgw.pipeline.step import Caller, Step, StepKind
+from mcpgw.pipeline.step import Asker, Caller, Step, StepKind
 
 log = logging.getLogger("mcpgw.front")
 
@@ -185,27 +188,55 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
         page, next_cursor = await listing(ctx, StepKind.TEMPLATE_LIST, params)
         return t.ListResourceTemplatesResult(resource_templates=page, next_cursor=next_cursor)
 
-    async def call_tool(ctx: ServerRequestContext[Any], params: t.CallToolRequestParams) -> t.CallToolResult:
+    parking = Parking(gateway.spawn, settings.call_timeout)
+
+    async def call_tool(
+        ctx: ServerRequestContext[Any], params: t.CallToolRequestParams
+    ) -> t.CallToolResult | t.InputRequiredResult:
         session = ctx.session
+        caller = _caller(ctx, default_transport)
+        modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
 
         async def relay(progress: float, total: float | None, message: str | None) -> None:
-            await session.report_progress(progress, total, message)
+            with contextlib.suppress(Exception):  # the agent's request may be over (a parked call)
+                await session.report_progress(progress, total, message)
 
-        step = Step(
-            StepKind.TOOL_CALL,
-            _caller(ctx, default_transport),
-            target=params.name,
-            arguments=params.arguments,
-            meta=_forwardable_meta(ctx),
-            progress=relay,
-        )
+        def make_step(ask: Asker) -> Step:
+            return Step(
+                StepKind.TOOL_CALL,
+                caller,
+                target=params.name,
+                arguments=params.arguments,
+                meta=_forwardable_meta(ctx),
+                progress=relay,
+                ask=ask,
+                input_responses=cast(dict[str, Any] | None, params.input_responses) if modern else None,
+                request_state=params.request_state if modern else None,
+            )
+
+        outcome: Any
         try:
-            result: t.CallToolResult = await gateway.pipeline.run(step)
+            if not modern:
+                outcome = await gateway.pipeline.run(make_step(BackChannelAsker(ctx, caller.client_name)))
+            elif params.request_state and params.request_state.startswith(PARKED_PREFIX):
+                call = parking.resume(params.request_state, cast(dict[str, Any] | None, params.input_responses))
+                if call is None:
+                    raise MCPError(INVALID_PARAMS, "requestState names no pending call (it expired or completed)")
+                outcome = await parking.next_outcome(call, settings.call_timeout + 5)
+            elif gateway.speaks_modern(params.name) is not True:
+                # A 2025-era upstream asks mid-call; a 2026 agent can only answer by retrying. (When
+                # the upstream is not known yet, parking is the safe choice: it serves both.)
+                call = parking.start(ctx, caller.client_name, lambda asker: gateway.pipeline.run(make_step(asker)))
+                outcome = await parking.next_outcome(call, settings.call_timeout + 5)
+            else:
+                outcome = await gateway.pipeline.run(make_step(PassThroughAsker(ctx)))
         except (UpstreamUnavailable, UpstreamTimeout) as exc:
-            return _error_result(exc.message, step.outcome.value if step.outcome else "error")
+            return _error_result(exc.message, exc.outcome.value)
         except StepError as exc:
             raise MCPError(exc.code, exc.message) from None
-        return _without_protocol_meta(result)
+        except TimeoutError:
+            return _error_result("mcpgw: the call did not complete in time", "timeout")
+        return outcome if isinstance(outcome, t.InputRequiredResult) else _without_protocol_meta(outcome)
 
     async def read_resource(
         ctx: ServerRequestContext[Any], params: t.ReadResourceRequestParams

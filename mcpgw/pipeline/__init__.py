@@ -6,10 +6,11 @@ connectors (which speak each upstream's wire format). The pipeline imports neith
 
 from mcpgw.pipeline.chain import STAGE_ORDER, Next, Pipeline, Stage
 from mcpgw.pipeline.errors import StepError, UnknownTarget, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
-from mcpgw.pipeline.step import Caller, Outcome, Principal, ProgressFn, Route, Step, StepKind, new_step_id
+from mcpgw.pipeline.step import Asker, Caller, Outcome, Principal, ProgressFn, Route, Step, StepKind, new_step_id
 
 __all__ = [
     "STAGE_ORDER",
+    "Asker",
     "Caller",
     "Next",
     "Outcome",

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 
 class StepKind(StrEnum):
@@ -75,6 +75,23 @@ class Route:
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 
 
+class Asker(Protocol):
+    """The way back to the agent that made a step: an upstream's sampling, elicitation or roots
+    request made while serving the step is put to this agent, and to no other.
+
+    `agent` identifies the agent's connection (two steps of one agent share it); `modern` is
+    true for a 2026-07-28 agent, which cannot be asked mid-request: its answers arrive with a
+    retry of the original request.
+    """
+
+    agent: object
+    modern: bool
+
+    async def __call__(self, request: Any) -> Any:
+        """Return the agent's result (an `InputResponse`) or an `ErrorData` saying why not."""
+        ...
+
+
 @dataclass(slots=True)
 class Step:
     kind: StepKind
@@ -86,6 +103,11 @@ class Step:
     """Kind-specific request data the generic fields do not carry (a completion's argument)."""
     meta: dict[str, Any] = field(default_factory=dict)
     progress: ProgressFn | None = None
+    ask: Asker | None = None
+    input_responses: dict[str, Any] | None = None
+    """2026-07-28 retry: the agent's answers to an earlier input-required result."""
+    request_state: str | None = None
+    """2026-07-28 retry: the opaque state echoed from that result."""
     parent_id: str | None = None
     id: str = field(default_factory=new_step_id)
     started_ns: int = field(default_factory=time.perf_counter_ns)

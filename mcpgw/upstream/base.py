@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import anyio.abc
 import mcp.types as t
 
-from mcpgw.pipeline.step import ProgressFn
+from mcpgw.pipeline.step import Asker, ProgressFn
 
 
 class Status(StrEnum):
@@ -89,8 +89,14 @@ class Upstream(Protocol):
         meta: dict[str, Any] | None,
         timeout: float,
         progress: ProgressFn | None,
-    ) -> t.CallToolResult:
-        """Forward one call. Raises `StepError` subclasses that name this upstream (so do the others)."""
+        ask: Asker | None = None,
+        input_responses: dict[str, Any] | None = None,
+        request_state: str | None = None,
+    ) -> t.CallToolResult | t.InputRequiredResult:
+        """Forward one call. Raises `StepError` subclasses that name this upstream (so do the others).
+
+        Questions the upstream asks while serving it (sampling, elicitation, roots) go to `ask`.
+        """
         ...
 
     async def read_resource(self, uri: str, *, meta: dict[str, Any] | None, timeout: float) -> t.ReadResourceResult:

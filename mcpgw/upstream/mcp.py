@@ -10,11 +10,12 @@ error that names it. Calls are never retried here: a tools/call may have side ef
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar, cast
 
@@ -24,16 +25,17 @@ import anyio.to_thread
 import httpx2
 import mcp.types as t
 from mcp import Client, MCPError, StdioServerParameters, stdio_client
+from mcp.client.session import ClientRequestContext
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from mcpgw import __version__
 from mcpgw.catalog import Listing
 from mcpgw.config.models import GatewaySettings, HttpServer, ServerConfig, SseServer, StdioServer
 from mcpgw.pipeline.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
-from mcpgw.pipeline.step import ProgressFn
+from mcpgw.pipeline.step import Asker, ProgressFn
 from mcpgw.upstream._streams import TappedTransport
 from mcpgw.upstream.base import ListingChanged, LogMessage, ResourceUpdated, Status, UpstreamState
 
@@ -42,6 +44,8 @@ log = logging.getLogger("mcpgw.upstream")
 CONNECTION_CLOSED = -32000
 REQUEST_TIMEOUT = -32001
 MAX_LIST_PAGES = 1000
+MAX_INPUT_ROUNDS = 10
+INVALID_REQUEST = -32600
 ResultT = TypeVar("ResultT", bound=t.Result)
 GATEWAY_CLIENT_INFO = t.Implementation(name="mcpgw", version=__version__)
 
@@ -96,6 +100,8 @@ class McpUpstream:
         self._on_listing_changed = on_listing_changed
         self._listing = Listing()
         self._on_resource_updated: ResourceUpdated | None = None
+        self._askers: dict[int, Asker] = {}
+        self._ask_seq = itertools.count()
         self._on_log_message: LogMessage | None = None
         self._client: Client | None = None
         self._refresh_send, self._refresh_recv = anyio.create_memory_object_stream[None](1)
@@ -169,11 +175,16 @@ class McpUpstream:
                 client = await stack.enter_async_context(
                     Client(
                         transport,
-                        mode="auto",
+                        mode=self.config.protocol,
                         cache=None,
                         client_info=GATEWAY_CLIENT_INFO,
                         message_handler=self._on_message,
                         logging_callback=self._on_log,
+                        # Registering these declares the capabilities: the gateway forwards each
+                        # request to the agent that caused it (see `_attribute`).
+                        sampling_callback=self._on_sampling,
+                        elicitation_callback=self._on_elicitation,
+                        list_roots_callback=self._on_list_roots,
                     )
                 )
                 listing = await self._list_all(client)
@@ -374,13 +385,106 @@ class McpUpstream:
         meta: dict[str, Any] | None,
         timeout: float,
         progress: ProgressFn | None,
-    ) -> t.CallToolResult:
-        request = t.CallToolRequest(
-            params=t.CallToolRequestParams(name=name, arguments=arguments, _meta=cast(Any, meta or None))
+        ask: Asker | None = None,
+        input_responses: dict[str, Any] | None = None,
+        request_state: str | None = None,
+    ) -> t.CallToolResult | t.InputRequiredResult:
+        """Forward a call. Upstream questions go to `ask`; see `mcpgw.front.asking` for the eras."""
+        client = self._require_client()
+        if client.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            # A 2025-era upstream asks by pushing requests during the call: attribute them.
+            request = t.CallToolRequest(
+                params=t.CallToolRequestParams(name=name, arguments=arguments, _meta=cast(Any, meta or None))
+            )
+            with self._attributable(ask):
+                return await self._send("tools/call", name, request, _CALL_RESULT, timeout, progress)
+        responses, state = input_responses, request_state
+        for _ in range(MAX_INPUT_ROUNDS):
+            request = t.CallToolRequest(params=t.CallToolRequestParams(
+                name=name, arguments=arguments, _meta=cast(Any, meta or None),
+                input_responses=cast(Any, responses), request_state=state,
+            ))
+            result = await self._send("tools/call", name, request, _CALL_RESULT, timeout, progress)
+            if not isinstance(result, t.InputRequiredResult):
+                return result
+            if ask is None or ask.modern:
+                return result  # a 2026 agent answers with a retry: pass the question through
+            responses, state = await self._answer(name, ask, result), result.request_state
+        raise UpstreamProtocolError(
+            f"upstream {self.name!r} asked for input more than {MAX_INPUT_ROUNDS} times in tools/call {name!r}"
         )
-        # send_request, not call_tool: the gateway relays results verbatim and does not
-        # re-validate structured content against the upstream's output schema.
-        return await self._send("tools/call", name, request, t.CallToolResult, timeout, progress)
+
+    async def _answer(self, target: str, ask: Asker, result: t.InputRequiredResult) -> dict[str, Any]:
+        answers: dict[str, Any] = {}
+        for key, question in (result.input_requests or {}).items():
+            answer = await ask(question)
+            if isinstance(answer, t.ErrorData):
+                raise UpstreamProtocolError(
+                    f"upstream {self.name!r} needs {question.method} to complete {target!r}, and it failed: "
+                    f"{answer.message}",
+                    code=answer.code,
+                )
+            answers[key] = answer
+        return answers
+
+    # -- requests from the upstream ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _attributable(self, ask: Asker | None) -> Iterator[None]:
+        if ask is None:
+            yield
+            return
+        key = next(self._ask_seq)
+        self._askers[key] = ask
+        try:
+            yield
+        finally:
+            del self._askers[key]
+
+    def _attribute(self, method: str) -> Asker | t.ErrorData:
+        """The agent a pushed request is for: the one agent with requests in flight to us.
+
+        The 2025 protocol does not say which request a pushed request belongs to. With requests
+        from one agent in flight the answer is certain; with several agents it is not, and the
+        request is refused rather than risk asking (or leaking to) the wrong agent.
+        """
+        latest: dict[object, Asker] = {}
+        for asker in self._askers.values():
+            latest[asker.agent] = asker
+        if not latest:
+            return t.ErrorData(code=INVALID_REQUEST, message=f"mcpgw: no agent request is in flight to upstream "
+                                                             f"{self.name!r}, so there is nobody to ask ({method})")
+        if len(latest) > 1:
+            return t.ErrorData(code=INVALID_REQUEST, message=(
+                f"mcpgw: {len(latest)} agents have requests in flight to upstream {self.name!r} and its protocol "
+                f"version does not say which one this {method} is for; refused rather than risk asking the wrong "
+                "agent"))
+        return next(iter(latest.values()))
+
+    async def _forward_question(self, request: Any) -> Any:
+        asker = self._attribute(request.method)
+        if isinstance(asker, t.ErrorData):
+            log.warning("upstream %s: %s", self.name, asker.message)
+            return asker
+        return await asker(request)
+
+    async def _on_sampling(
+        self, context: ClientRequestContext, params: t.CreateMessageRequestParams
+    ) -> t.CreateMessageResult | t.CreateMessageResultWithTools | t.ErrorData:
+        answer: t.CreateMessageResult | t.CreateMessageResultWithTools | t.ErrorData = await self._forward_question(
+            t.CreateMessageRequest(params=params)
+        )
+        return answer
+
+    async def _on_elicitation(
+        self, context: ClientRequestContext, params: t.ElicitRequestParams
+    ) -> t.ElicitResult | t.ErrorData:
+        answer: t.ElicitResult | t.ErrorData = await self._forward_question(t.ElicitRequest(params=params))
+        return answer
+
+    async def _on_list_roots(self, context: ClientRequestContext) -> t.ListRootsResult | t.ErrorData:
+        answer: t.ListRootsResult | t.ErrorData = await self._forward_question(t.ListRootsRequest())
+        return answer
 
     async def read_resource(self, uri: str, *, meta: dict[str, Any] | None, timeout: float) -> t.ReadResourceResult:
         request = t.ReadResourceRequest(params=t.ReadResourceRequestParams(uri=uri, _meta=cast(Any, meta or None)))
@@ -409,19 +513,23 @@ class McpUpstream:
         target = ref.name if isinstance(ref, t.PromptReference) else ref.uri
         return await self._send("completion/complete", target, request, t.CompleteResult, timeout, None)
 
+    def _require_client(self) -> Client:
+        client = self._client
+        if client is None or self.state.status is not Status.UP:
+            why = self.state.error or self.state.status.value
+            raise UpstreamUnavailable(f"upstream {self.name!r} is not available ({why}); try again shortly")
+        return client
+
     async def _send(
         self,
         method: str,
         target: str,
         request: Any,
-        result_type: type[ResultT],
+        result_type: type[ResultT] | TypeAdapter[ResultT],
         timeout: float,
         progress: ProgressFn | None,
     ) -> ResultT:
-        client = self._client
-        if client is None or self.state.status is not Status.UP:
-            why = self.state.error or self.state.status.value
-            raise UpstreamUnavailable(f"upstream {self.name!r} is not available ({why}); try again shortly")
+        client = self._require_client()
         try:
             return await client.session.send_request(
                 request,
@@ -446,6 +554,9 @@ class McpUpstream:
             raise UpstreamProtocolError(f"upstream {self.name!r} returned a malformed {method} result") from None
 
 
+_CALL_RESULT: TypeAdapter[t.CallToolResult | t.InputRequiredResult] = TypeAdapter(
+    t.CallToolResult | t.InputRequiredResult
+)
 _LIST_CHANGED = (t.ToolListChangedNotification, t.PromptListChangedNotification, t.ResourceListChangedNotification)
 
 

@@ -41,6 +41,9 @@ def base_tools() -> dict[str, dict[str, Any]]:
         "crash": OBJ,
         "grow": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
         "meta": OBJ,
+        "ask_name": OBJ,
+        "sample": {"type": "object", "properties": {"prompt": {"type": "string"}}},
+        "roots": OBJ,
     }
 
 
@@ -109,12 +112,49 @@ class Kit:
             self.tools[str(args["name"])] = OBJ
             await self.changed()
             return text(f"added {args['name']}")
+        if name in ("ask_name", "sample", "roots"):
+            return await self.ask(ctx, params, name)
         if name == "meta":
             raw = (ctx.params or {}).get("_meta") or {}
             return t.CallToolResult(content=[t.TextContent(type="text", text="meta")], structured_content={"meta": raw})
         if name in self.tools:
             return text(f"{self.name}:{name}")
         raise MCPError(t.INVALID_PARAMS, f"Unknown tool: {name}")
+
+    async def ask(self, ctx: ServerRequestContext[Any], params: t.CallToolRequestParams, name: str) -> Any:
+        """Era-portable questions: pushed mid-call at 2025-era, input-required at 2026-07-28."""
+        question: Any
+        if name == "ask_name":
+            question = t.ElicitRequest(params=t.ElicitRequestFormParams(
+                message="What is your name?",
+                requested_schema={"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}))
+        elif name == "sample":
+            prompt = str((params.arguments or {}).get("prompt", "hello"))
+            question = t.CreateMessageRequest(params=t.CreateMessageRequestParams(
+                messages=[t.SamplingMessage(role="user", content=t.TextContent(type="text", text=prompt))],
+                max_tokens=50))
+        else:
+            question = t.ListRootsRequest()
+        modern = ctx.protocol_version == "2026-07-28"
+        if modern:
+            answers = params.input_responses or {}
+            if "q" not in answers:
+                return t.InputRequiredResult(input_requests={"q": question}, request_state=f"{self.name}-state")
+            if params.request_state != f"{self.name}-state":
+                raise MCPError(t.INVALID_PARAMS, f"bad request state {params.request_state!r}")
+            answer: Any = answers["q"]
+        else:
+            result_type: Any = {"ask_name": t.ElicitResult, "sample": t.CreateMessageResult,
+                                "roots": t.ListRootsResult}[name]
+            answer = await ctx.session.send_request(question, result_type)
+        if isinstance(answer, t.ElicitResult):
+            text = f"hello {answer.content['name']}" if answer.action == "accept" and answer.content else answer.action
+        elif isinstance(answer, t.CreateMessageResult):
+            content = answer.content
+            text = f"model {answer.model} said: {content.text if isinstance(content, t.TextContent) else content}"
+        else:
+            text = "roots: " + ", ".join(str(r.uri) for r in answer.roots)
+        return t.CallToolResult(content=[t.TextContent(type="text", text=text)])
 
     async def changed(self) -> None:
         await self.bus.publish(ToolsListChanged())

@@ -39,7 +39,14 @@ class Dispatch:
         name = step.route.name
         if step.kind is StepKind.TOOL_CALL:
             step.result = await upstream.call_tool(
-                name, step.arguments, meta=step.meta, timeout=timeout, progress=step.progress
+                name,
+                step.arguments,
+                meta=step.meta,
+                timeout=timeout,
+                progress=step.progress,
+                ask=step.ask,
+                input_responses=step.input_responses,
+                request_state=step.request_state,
             )
         elif step.kind is StepKind.RESOURCE_READ:
             step.result = await upstream.read_resource(name, meta=step.meta, timeout=timeout)
