@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import mcp.types as t
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcpgw.catalog import Catalog, Kind
@@ -29,6 +30,7 @@ from mcpgw.upstream import McpUpstream, Status, Upstream, build_upstream
 log = logging.getLogger("mcpgw")
 
 Listener = Callable[[set[Kind]], Awaitable[None]]
+LogListener = Callable[[str, t.LoggingMessageNotificationParams], Awaitable[None]]
 
 
 class Gateway:
@@ -49,6 +51,9 @@ class Gateway:
             Dispatch(self.catalog, upstreams),
         ])
         self._listeners: list[Listener] = []
+        self._log_listeners: list[LogListener] = []
+        for upstream in self.upstreams.values():
+            upstream.on_log_message(self._log_message)
         self.started_at: float | None = None
         self._startup_deadline: float | None = None
         self.running = anyio.Event()
@@ -57,6 +62,21 @@ class Gateway:
     def on_catalog_changed(self, listener: Listener) -> None:
         """Call `listener(kinds)` whenever exported lists change (to send list_changed)."""
         self._listeners.append(listener)
+
+    def on_upstream_log(self, listener: LogListener) -> None:
+        """Call `listener(upstream, message)` for every log message an upstream sends."""
+        self._log_listeners.append(listener)
+
+    async def _log_message(self, upstream: str, params: t.LoggingMessageNotificationParams) -> None:
+        for listener in list(self._log_listeners):
+            try:
+                await listener(upstream, params)
+            except Exception:  # boundary: relaying a log line must never break the upstream
+                log.exception("upstream log listener failed")
+
+    async def set_upstream_log_level(self, level: t.LoggingLevel) -> None:
+        for upstream in self.upstreams.values():
+            await upstream.set_log_level(level)
 
     async def _listing_changed(self, upstream: McpUpstream) -> None:
         online = upstream.state.status is Status.UP

@@ -112,3 +112,30 @@ async def test_concurrent_agents_are_never_asked_each_others_questions(tmp_path:
             assert "agents have requests in flight" in str(outcome)
         else:
             assert outcome == f"hello {name}"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("upstream", ["modern", "legacy"])
+async def test_upstream_log_messages_reach_agents_attributed_and_filtered(tmp_path: Path, upstream: str) -> None:
+    received: list[tuple[str, str | None, Any]] = []
+    got = anyio.Event()
+
+    async def on_log(params: t.LoggingMessageNotificationParams) -> None:
+        received.append((params.level, params.logger, params.data))
+        got.set()
+
+    async with gateway_stdio(kit_config(tmp_path, upstream), mode="legacy", logging_callback=on_log) as client:
+        caps = client.server_capabilities
+        assert caps is not None and caps.logging is not None
+        await client.call_tool("kit__log", {"level": "warning", "text": "disk almost full"})
+        with anyio.fail_after(10):
+            await got.wait()
+        assert received == [("warning", "kit.kitlog", {"text": "disk almost full"})]
+        await client.set_logging_level("error")
+        received.clear()
+        await client.call_tool("kit__log", {"level": "warning", "text": "filtered out"})
+        got = anyio.Event()
+        await client.call_tool("kit__log", {"level": "error", "text": "kept"})
+        with anyio.fail_after(10):
+            await got.wait()
+        assert received == [("error", "kit.kitlog", {"text": "kept"})]

@@ -38,6 +38,9 @@ class GatewaySettings(_Model):
     health_interval: float = Field(default=30.0, gt=0, description="seconds between liveness probes of an upstream")
     restart_backoff: float = Field(default=0.5, gt=0, description="first delay before reconnecting an upstream")
     restart_backoff_max: float = Field(default=30.0, gt=0)
+    upstream_log_level: Literal["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"] = (
+        Field(default="info", description="log messages requested from 2026-07-28 upstreams (per request)")
+    )
     allowed_hosts: tuple[str, ...] = Field(
         default=(),
         description="extra Host header values the HTTP front accepts (loopback names are always accepted)",

@@ -47,7 +47,7 @@ def _capability(caps: t.ClientCapabilities | None, method: str) -> object | None
             "roots/list": caps.roots}.get(method)
 
 
-def _agent_key(ctx: ServerRequestContext[Any]) -> object:
+def agent_key(ctx: ServerRequestContext[Any]) -> object:
     """The agent's connection: stable across its requests (the session object is per message)."""
     return getattr(ctx.session, "_connection", None) or ctx.session
 
@@ -66,7 +66,7 @@ class BackChannelAsker:
     def __init__(self, ctx: ServerRequestContext[Any], client: str | None) -> None:
         self._ctx = ctx
         self._client = client
-        self.agent = _agent_key(ctx)
+        self.agent = agent_key(ctx)
 
     async def __call__(self, request: Any) -> Any:
         method: str = request.method
@@ -93,7 +93,7 @@ class PassThroughAsker:
     modern = True
 
     def __init__(self, ctx: ServerRequestContext[Any]) -> None:
-        self.agent = _agent_key(ctx)
+        self.agent = agent_key(ctx)
 
     async def __call__(self, request: Any) -> Any:
         return t.ErrorData(code=INVALID_REQUEST, message=f"mcpgw: {request.method} cannot be put to a 2026-07-28 "
@@ -163,7 +163,7 @@ class Parking:
         send, receive = anyio.create_memory_object_stream[tuple[Any, ...]](16)
         call = ParkedCall(
             token=PARKED_PREFIX + secrets.token_urlsafe(24),
-            agent=_agent_key(ctx),
+            agent=agent_key(ctx),
             client_caps=ctx.session.client_capabilities,
             client=client,
             deadline=time.monotonic() + self._timeout,

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from mcpgw import __version__
 from mcpgw.catalog import InvalidCursor, Kind, paginate
-from mcpgw.front.asking import PARKED_PREFIX, BackChannelAsker, Parking, PassThroughAsker
+from mcpgw.front.asking import PARKED_PREFIX, BackChannelAsker, Parking, PassThroughAsker, agent_key
 from mcpgw.gateway import Gateway
 from mcpgw.pipeline.errors import INTERNAL_ERROR, INVALID_PARAMS, StepError, UpstreamTimeout, UpstreamUnavailable
 from mcpgw.pipeline.step import Asker, Caller, Step, StepKind
@@ -63,25 +63,34 @@ class GatewayServer(Server[Any]):
         )
 
 
-class Notifier:
-    """Delivers `notifications/tools/list_changed` to every connected agent, in both eras.
+LEVELS: tuple[t.LoggingLevel, ...] = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+DEFAULT_AGENT_LOG_LEVEL: t.LoggingLevel = "info"
 
-    Handshake-era agents get it on their session's standalone stream (captured when they send
-    `notifications/initialized`); 2026-07-28 agents only through a `subscriptions/listen`
-    stream, which the SDK's `ListenHandler` serves from `bus`.
+
+class Notifier:
+    """Delivers list changes and upstream log messages to every connected agent, in both eras.
+
+    Handshake-era agents get them on their session's standalone stream (captured when they send
+    `notifications/initialized`); 2026-07-28 agents get list changes only through a
+    `subscriptions/listen` stream, which the SDK's `ListenHandler` serves from `bus`. (MCP
+    logging is deprecated at 2026-07-28: upstream log lines reach 2025-era agents only.)
     """
 
     def __init__(self) -> None:
         self.bus = InMemorySubscriptionBus()
-        self.legacy_sessions: set[ServerSession] = set()
+        self.legacy: dict[object, ServerSession] = {}
+        self.levels: dict[object, t.LoggingLevel] = {}
 
     async def on_initialized(self, ctx: ServerRequestContext[Any], params: t.NotificationParams | None) -> None:
-        session = ctx.session
-        self.legacy_sessions.add(session)
-        connection = getattr(session, "_connection", None)  # SDK-private; pruning on close needs it
-        exit_stack = getattr(connection, "exit_stack", None)
+        key = agent_key(ctx)
+        self.legacy[key] = ctx.session
+        exit_stack = getattr(key, "exit_stack", None)  # the SDK-private connection: prune on close
         if exit_stack is not None:
-            exit_stack.callback(self.legacy_sessions.discard, session)
+            exit_stack.callback(self._forget, key)
+
+    def _forget(self, key: object) -> None:
+        self.legacy.pop(key, None)
+        self.levels.pop(key, None)
 
     async def changed(self, kinds: set[Kind]) -> None:
         events: list[ServerEvent] = []
@@ -97,16 +106,29 @@ class Notifier:
             senders.append("send_resource_list_changed")
         for event in events:
             await self.bus.publish(event)
-        for session in list(self.legacy_sessions):
-            # Bounded: an agent that stopped reading must not stall the upstream that changed.
-            with anyio.move_on_after(NOTIFY_TIMEOUT) as scope:
-                try:
-                    for sender in senders:
-                        await getattr(session, sender)()
-                except Exception:  # boundary: a dead session is dropped, not fatal
-                    self.legacy_sessions.discard(session)
-            if scope.cancelled_caught:
-                log.warning("an agent did not accept list_changed within %gs; skipped", NOTIFY_TIMEOUT)
+        for key, session in list(self.legacy.items()):
+            await self._bounded(key, [getattr(session, sender)() for sender in senders])
+
+    async def upstream_log(self, upstream: str, params: t.LoggingMessageNotificationParams) -> None:
+        rank = LEVELS.index(params.level)
+        logger = f"{upstream}.{params.logger}" if params.logger else upstream
+        for key, session in list(self.legacy.items()):
+            if rank >= LEVELS.index(self.levels.get(key, DEFAULT_AGENT_LOG_LEVEL)):
+                await self._bounded(key, [session.send_log_message(params.level, params.data, logger=logger)])
+
+    async def _bounded(self, key: object, sends: list[Any]) -> None:
+        # Bounded: an agent that stopped reading must not stall the upstream that changed.
+        with anyio.move_on_after(NOTIFY_TIMEOUT) as scope:
+            try:
+                for send in sends:
+                    await send
+            except Exception:  # boundary: a dead session is dropped, not fatal
+                self._forget(key)
+        if scope.cancelled_caught:
+            log.warning("an agent did not accept a notification within %gs; skipped", NOTIFY_TIMEOUT)
+        for send in sends:  # close what was not awaited (timeout or error)
+            with contextlib.suppress(Exception):
+                send.close()
 
 
 _PROTOCOL_META = "io.modelcontextprotocol/"
@@ -273,6 +295,15 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
         get_tool_input_schema=gateway.catalog.input_schema,
     )
     server.add_notification_handler("notifications/initialized", t.NotificationParams, notifier.on_initialized)
+
+    async def set_level(ctx: ServerRequestContext[Any], params: t.SetLevelRequestParams) -> t.EmptyResult:
+        notifier.levels[agent_key(ctx)] = params.level
+        verbose = min((LEVELS.index(level) for level in notifier.levels.values()), default=LEVELS.index(params.level))
+        await gateway.set_upstream_log_level(LEVELS[verbose])
+        return t.EmptyResult()
+
+    server.add_request_handler("logging/setLevel", t.SetLevelRequestParams, set_level)
+    gateway.on_upstream_log(notifier.upstream_log)
     server.middleware.append(_contain_errors)
     return server, notifier
 

@@ -103,6 +103,7 @@ class McpUpstream:
         self._askers: dict[int, Asker] = {}
         self._ask_seq = itertools.count()
         self._on_log_message: LogMessage | None = None
+        self._log_level: t.LoggingLevel | None = None
         self._client: Client | None = None
         self._refresh_send, self._refresh_recv = anyio.create_memory_object_stream[None](1)
         self._lost: anyio.Event = anyio.Event()
@@ -120,6 +121,16 @@ class McpUpstream:
 
     def on_log_message(self, callback: LogMessage) -> None:
         self._on_log_message = callback
+
+    async def set_log_level(self, level: t.LoggingLevel | None) -> None:
+        """Ask the upstream for log messages at `level` and above (now, and after reconnects)."""
+        self._log_level = level
+        client = self._client
+        if level is None or client is None or not (client.server_capabilities and client.server_capabilities.logging):
+            return
+        with contextlib.suppress(Exception):  # boundary: best effort; the upstream keeps its own default
+            with anyio.fail_after(self.settings.connect_timeout):
+                await client.session.set_logging_level(level)
 
     # -- supervision -------------------------------------------------------------------------
 
@@ -180,6 +191,7 @@ class McpUpstream:
                         client_info=GATEWAY_CLIENT_INFO,
                         message_handler=self._on_message,
                         logging_callback=self._on_log,
+                        log_level=self.settings.upstream_log_level,
                         # Registering these declares the capabilities: the gateway forwards each
                         # request to the agent that caused it (see `_attribute`).
                         sampling_callback=self._on_sampling,
@@ -207,6 +219,7 @@ class McpUpstream:
                  len(listing.resources), len(listing.templates))
         await self._publish(listing)
         self.settled.set()
+        await self.set_log_level(self._log_level)
         try:
             async with anyio.create_task_group() as tg:
                 if client.protocol_version in MODERN_PROTOCOL_VERSIONS:

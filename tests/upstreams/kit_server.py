@@ -44,6 +44,7 @@ def base_tools() -> dict[str, dict[str, Any]]:
         "ask_name": OBJ,
         "sample": {"type": "object", "properties": {"prompt": {"type": "string"}}},
         "roots": OBJ,
+        "log": {"type": "object", "properties": {"level": {"type": "string"}, "text": {"type": "string"}}},
     }
 
 
@@ -112,6 +113,11 @@ class Kit:
             self.tools[str(args["name"])] = OBJ
             await self.changed()
             return text(f"added {args['name']}")
+        if name == "log":
+            level = args.get("level", "info")
+            await ctx.session.send_log_message(level, {"text": args.get("text", "")}, logger="kitlog",
+                                               related_request_id=ctx.request_id)
+            return text("logged")
         if name in ("ask_name", "sample", "roots"):
             return await self.ask(ctx, params, name)
         if name == "meta":
