@@ -31,6 +31,7 @@ log = logging.getLogger("mcpgw")
 
 Listener = Callable[[set[Kind]], Awaitable[None]]
 LogListener = Callable[[str, t.LoggingMessageNotificationParams], Awaitable[None]]
+UpdatedListener = Callable[[str], Awaitable[None]]
 
 
 class Gateway:
@@ -47,13 +48,15 @@ class Gateway:
         self.pipeline = Pipeline([
             Record(),
             Identify(),
-            Resolve(self.catalog, config.gateway.call_timeout, timeouts, startup=self.wait_settled),
+            Resolve(self.catalog, config.gateway.call_timeout, timeouts, startup=self.wait_startup),
             Dispatch(self.catalog, upstreams),
         ])
         self._listeners: list[Listener] = []
         self._log_listeners: list[LogListener] = []
+        self._updated_listeners: list[UpdatedListener] = []
         for upstream in self.upstreams.values():
             upstream.on_log_message(self._log_message)
+            upstream.on_resource_updated(self._resource_updated)
         self.started_at: float | None = None
         self._startup_deadline: float | None = None
         self.running = anyio.Event()
@@ -73,6 +76,18 @@ class Gateway:
                 await listener(upstream, params)
             except Exception:  # boundary: relaying a log line must never break the upstream
                 log.exception("upstream log listener failed")
+
+    def on_resource_updated(self, listener: UpdatedListener) -> None:
+        """Call `listener(exported URI)` when an upstream says a subscribed resource changed."""
+        self._updated_listeners.append(listener)
+
+    async def _resource_updated(self, upstream: str, uri: str) -> None:
+        exported = self.catalog.exported_uri(upstream, uri)
+        for listener in list(self._updated_listeners):
+            try:
+                await listener(exported)
+            except Exception:  # boundary: one agent's failure must not stop the others
+                log.exception("resource updated listener failed")
 
     async def set_upstream_log_level(self, level: t.LoggingLevel) -> None:
         for upstream in self.upstreams.values():
@@ -135,6 +150,12 @@ class Gateway:
             for upstream in self.upstreams.values():
                 await upstream.settled.wait()
         return self.settled
+
+    async def wait_startup(self) -> bool:
+        """Wait out the startup window; True once there is nothing left to wait for."""
+        await self.wait_settled()
+        assert self._startup_deadline is not None
+        return self.settled or anyio.current_time() >= self._startup_deadline
 
     def readiness(self) -> dict[str, Any]:
         upstreams = {}

@@ -228,7 +228,7 @@ def test_stdio_front_writes_only_protocol_to_stdout(kit_config: Path) -> None:
         assert json.loads(line)["jsonrpc"] == "2.0"
     assert answers[3]["result"]["structuredContent"] == {"text": "x", "server": "kit"}
     assert answers[9]["error"]["code"] == -32601, "a bad request fails alone; the session goes on"
-    assert len(answers[2]["result"]["tools"]) == 13
+    assert {"kit__echo", "kit__content"} <= {tool["name"] for tool in answers[2]["result"]["tools"]}
     assert "upstream kit up" in err, "logs go to stderr"
     assert proc.returncode == 0, err[-2000:]
     assert sys.executable  # the gateway exited by itself when stdin closed

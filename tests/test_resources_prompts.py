@@ -150,3 +150,46 @@ async def test_everything_resources_prompts_and_completions_match_direct(tmp_pat
             {"name": "department", "value": "E"}))
         assert completion == completion_direct
         assert completion["completion"]["values"], "server-everything offered completions"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("upstream", ["modern", "legacy"])
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_resource_subscriptions_fan_out_with_exported_uris(tmp_path: Path, mode: str, upstream: str) -> None:
+    import anyio
+
+    extra = 'protocol = "legacy"\n' if upstream == "legacy" else ""
+    config = write_config(tmp_path, stdio_server_toml("kit", KIT, extra=extra))
+    updates: list[str] = []
+    got = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, t.ResourceUpdatedNotification):
+            updates.append(str(message.params.uri))
+            got.set()
+
+    uri = "mcpgw://kit/kit://doc/1"
+    async with gateway_stdio(config, mode=mode, message_handler=on_message) as agent:
+        caps = agent.server_capabilities
+        assert caps is not None and caps.resources is not None and caps.resources.subscribe
+        if mode == "legacy":
+            await agent.subscribe_resource(uri)
+            await agent.call_tool("kit__touch", {"uri": "kit://doc/2"})  # not subscribed: no update
+            await agent.call_tool("kit__touch", {"uri": "kit://doc/1"})
+            with anyio.fail_after(10):
+                await got.wait()
+            assert updates == [uri]
+            await agent.unsubscribe_resource(uri)
+        else:
+            async with agent.listen(resource_subscriptions=[uri]) as subscription:
+                await agent.call_tool("kit__touch", {"uri": "kit://doc/1"})
+                with anyio.fail_after(10):
+                    event = await subscription.__anext__()
+            assert getattr(event, "uri", None) == uri
+        with pytest.raises(MCPError) as info:
+            if mode == "legacy":
+                await agent.subscribe_resource("file:///etc/passwd")
+            else:
+                async with agent.listen(resource_subscriptions=["file:///etc/passwd"]):
+                    pass
+        assert "Unknown resource: file:///etc/passwd" in info.value.message

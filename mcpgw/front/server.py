@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from mcpgw import __version__
 from mcpgw.catalog import InvalidCursor, Kind, paginate
 from mcpgw.front.asking import PARKED_PREFIX, BackChannelAsker, Parking, PassThroughAsker, agent_key
+from mcpgw.front.subscriptions import ResourceSubscribers, SubscribingListen
 from mcpgw.gateway import Gateway
 from mcpgw.pipeline.errors import INTERNAL_ERROR, INVALID_PARAMS, StepError, UpstreamTimeout, UpstreamUnavailable
 from mcpgw.pipeline.step import Asker, Caller, Step, StepKind
@@ -80,6 +81,7 @@ class Notifier:
         self.bus = InMemorySubscriptionBus()
         self.legacy: dict[object, ServerSession] = {}
         self.levels: dict[object, t.LoggingLevel] = {}
+        self.subscribers: ResourceSubscribers | None = None
 
     async def on_initialized(self, ctx: ServerRequestContext[Any], params: t.NotificationParams | None) -> None:
         key = agent_key(ctx)
@@ -91,6 +93,8 @@ class Notifier:
     def _forget(self, key: object) -> None:
         self.legacy.pop(key, None)
         self.levels.pop(key, None)
+        if self.subscribers is not None:
+            self.subscribers.forget(key)
 
     async def changed(self, kinds: set[Kind]) -> None:
         events: list[ServerEvent] = []
@@ -280,6 +284,21 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
         result: t.CompleteResult = await run(step)
         return _without_protocol_meta(result)
 
+    async def run_resource_step(ctx: ServerRequestContext[Any], kind: StepKind, uri: str) -> Any:
+        return await run(Step(kind, _caller(ctx, default_transport), target=uri))
+
+    subscribers = ResourceSubscribers(run_resource_step, notifier)
+    notifier.subscribers = subscribers
+    gateway.on_resource_updated(subscribers.updated)
+
+    async def subscribe(ctx: ServerRequestContext[Any], params: t.SubscribeRequestParams) -> t.EmptyResult:
+        await subscribers.subscribe(ctx, str(params.uri))
+        return t.EmptyResult()
+
+    async def unsubscribe(ctx: ServerRequestContext[Any], params: t.UnsubscribeRequestParams) -> t.EmptyResult:
+        await subscribers.unsubscribe(ctx, str(params.uri), agent_key(ctx))
+        return t.EmptyResult()
+
     server = GatewayServer(
         settings.name,
         version=__version__,
@@ -291,7 +310,9 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
         on_list_resource_templates=list_templates,
         on_read_resource=read_resource,
         on_completion=complete,
-        on_subscriptions_listen=ListenHandler(notifier.bus),
+        on_subscriptions_listen=SubscribingListen(ListenHandler(notifier.bus), subscribers),
+        on_subscribe_resource=subscribe,
+        on_unsubscribe_resource=unsubscribe,
         get_tool_input_schema=gateway.catalog.input_schema,
     )
     server.add_notification_handler("notifications/initialized", t.NotificationParams, notifier.on_initialized)

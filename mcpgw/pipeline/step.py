@@ -22,6 +22,8 @@ class StepKind(StrEnum):
     PROMPT_LIST = "prompts/list"
     RESOURCE_READ = "resources/read"
     RESOURCE_LIST = "resources/list"
+    RESOURCE_SUBSCRIBE = "resources/subscribe"
+    RESOURCE_UNSUBSCRIBE = "resources/unsubscribe"
     TEMPLATE_LIST = "resources/templates/list"
     COMPLETE = "completion/complete"
 

@@ -102,6 +102,12 @@ class Upstream(Protocol):
     async def read_resource(self, uri: str, *, meta: dict[str, Any] | None, timeout: float) -> t.ReadResourceResult:
         ...
 
+    async def subscribe(self, uri: str, *, timeout: float) -> None:
+        ...
+
+    async def unsubscribe(self, uri: str, *, timeout: float) -> None:
+        ...
+
     async def get_prompt(
         self, name: str, arguments: dict[str, str] | None, *, meta: dict[str, Any] | None, timeout: float
     ) -> t.GetPromptResult:

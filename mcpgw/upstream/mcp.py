@@ -104,6 +104,8 @@ class McpUpstream:
         self._ask_seq = itertools.count()
         self._on_log_message: LogMessage | None = None
         self._log_level: t.LoggingLevel | None = None
+        self._subscriptions: set[str] = set()
+        self._subscriptions_changed = anyio.Event()
         self._client: Client | None = None
         self._refresh_send, self._refresh_recv = anyio.create_memory_object_stream[None](1)
         self._lost: anyio.Event = anyio.Event()
@@ -220,6 +222,7 @@ class McpUpstream:
         await self._publish(listing)
         self.settled.set()
         await self.set_log_level(self._log_level)
+        await self._resubscribe(client)
         try:
             async with anyio.create_task_group() as tg:
                 if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
@@ -357,18 +360,31 @@ class McpUpstream:
             await self._publish(listing)
 
     async def _listen(self, client: Client) -> None:
-        """Modern-era upstreams only announce changes on a listen stream (teed to `_on_message`)."""
+        """Modern-era upstreams only announce changes on a listen stream (teed to `_on_message`).
+
+        The stream is reopened whenever the set of subscribed resources changes.
+        """
         caps = client.server_capabilities or t.ServerCapabilities()
-        try:
-            async with client.listen(
-                tools_list_changed=bool(caps.tools),
-                prompts_list_changed=bool(caps.prompts),
-                resources_list_changed=bool(caps.resources),
-            ) as subscription:
-                async for _event in subscription:
-                    pass
-        except Exception as exc:  # boundary: no listen support just means we rely on probes
-            log.debug("upstream %s: no change subscription (%s)", self.name, describe_failure(exc))
+        while True:
+            changed = self._subscriptions_changed = anyio.Event()
+            async with anyio.create_task_group() as tg:
+
+                async def listen() -> None:
+                    try:
+                        async with client.listen(
+                            tools_list_changed=bool(caps.tools),
+                            prompts_list_changed=bool(caps.prompts),
+                            resources_list_changed=bool(caps.resources),
+                            resource_subscriptions=sorted(self._subscriptions),
+                        ) as subscription:
+                            async for _event in subscription:
+                                pass
+                    except Exception as exc:  # boundary: no listen support just means we rely on probes
+                        log.debug("upstream %s: no change subscription (%s)", self.name, describe_failure(exc))
+
+                tg.start_soon(listen)
+                await changed.wait()
+                tg.cancel_scope.cancel()
 
     async def _probe(self, client: Client) -> None:
         """Notice a hung or silently dead upstream without waiting for a user's call.
@@ -525,6 +541,40 @@ class McpUpstream:
         request = t.CompleteRequest(params=t.CompleteRequestParams(ref=ref, argument=argument, context=context))
         target = ref.name if isinstance(ref, t.PromptReference) else ref.uri
         return await self._send("completion/complete", target, request, t.CompleteResult, timeout, None)
+
+    async def subscribe(self, uri: str, *, timeout: float) -> None:
+        """Ask for `notifications/resources/updated` about `uri` (kept across reconnects)."""
+        await self._change_subscription(uri, subscribe=True, timeout=timeout)
+
+    async def unsubscribe(self, uri: str, *, timeout: float) -> None:
+        await self._change_subscription(uri, subscribe=False, timeout=timeout)
+
+    async def _change_subscription(self, uri: str, *, subscribe: bool, timeout: float) -> None:
+        client = self._require_client()
+        caps = client.server_capabilities
+        if subscribe and not (caps and caps.resources and caps.resources.subscribe):
+            raise UpstreamProtocolError(f"upstream {self.name!r} does not support resource subscriptions",
+                                        code=INVALID_REQUEST)
+        if subscribe:
+            self._subscriptions.add(uri)
+        else:
+            self._subscriptions.discard(uri)
+        if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            self._subscriptions_changed.set()  # the listen stream reopens with the new set
+            return
+        request: Any = (t.SubscribeRequest(params=t.SubscribeRequestParams(uri=uri)) if subscribe
+                        else t.UnsubscribeRequest(params=t.UnsubscribeRequestParams(uri=uri)))
+        await self._send("resources/subscribe" if subscribe else "resources/unsubscribe", uri, request,
+                         t.EmptyResult, timeout, None)
+
+    async def _resubscribe(self, client: Client) -> None:
+        """After a reconnect, a 2025-era upstream has forgotten our subscriptions."""
+        if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return
+        for uri in sorted(self._subscriptions):
+            with contextlib.suppress(Exception):  # boundary: best effort, reported by the upstream's own error
+                with anyio.fail_after(self.settings.connect_timeout):
+                    await client.session.subscribe_resource(uri)
 
     def _require_client(self) -> Client:
         client = self._client

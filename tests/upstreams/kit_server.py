@@ -19,7 +19,7 @@ import mcp.types as t
 from mcp import MCPError
 from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.session import ServerSession
-from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourceUpdated, ToolsListChanged
 
 OBJ: dict[str, Any] = {"type": "object"}
 PNG_1PX = base64.b64encode(bytes.fromhex(
@@ -44,6 +44,7 @@ def base_tools() -> dict[str, dict[str, Any]]:
         "ask_name": OBJ,
         "sample": {"type": "object", "properties": {"prompt": {"type": "string"}}},
         "roots": OBJ,
+        "touch": {"type": "object", "properties": {"uri": {"type": "string"}}, "required": ["uri"]},
         "log": {"type": "object", "properties": {"level": {"type": "string"}, "text": {"type": "string"}}},
     }
 
@@ -56,6 +57,15 @@ class Kit:
             self.tools[f"t{i:05d}"] = {"type": "object", "properties": {"x": {"type": "integer"}}}
         self.bus = InMemorySubscriptionBus()
         self.sessions: set[ServerSession] = set()
+        self.subscribed: dict[str, set[ServerSession]] = {}
+
+    async def subscribe(self, ctx: ServerRequestContext[Any], params: t.SubscribeRequestParams) -> t.EmptyResult:
+        self.subscribed.setdefault(str(params.uri), set()).add(ctx.session)
+        return t.EmptyResult()
+
+    async def unsubscribe(self, ctx: ServerRequestContext[Any], params: t.UnsubscribeRequestParams) -> t.EmptyResult:
+        self.subscribed.pop(str(params.uri), None)
+        return t.EmptyResult()
 
     async def on_initialized(self, ctx: ServerRequestContext[Any], params: Any) -> None:
         self.sessions.add(ctx.session)
@@ -113,6 +123,12 @@ class Kit:
             self.tools[str(args["name"])] = OBJ
             await self.changed()
             return text(f"added {args['name']}")
+        if name == "touch":
+            uri = str(args["uri"])
+            await self.bus.publish(ResourceUpdated(uri))
+            for session in list(self.subscribed.get(uri, ())):
+                await session.send_resource_updated(uri)
+            return text(f"touched {uri}")
         if name == "log":
             level = args.get("level", "info")
             await ctx.session.send_log_message(level, {"text": args.get("text", "")}, logger="kitlog",
@@ -234,6 +250,7 @@ def build(name: str, extra: int) -> KitServer:
                        on_list_resources=kit.list_resources, on_list_resource_templates=kit.list_templates,
                        on_read_resource=kit.read_resource, on_list_prompts=kit.list_prompts,
                        on_get_prompt=kit.get_prompt, on_completion=kit.complete,
+                       on_subscribe_resource=kit.subscribe, on_unsubscribe_resource=kit.unsubscribe,
                        on_subscriptions_listen=ListenHandler(kit.bus))
     server.add_notification_handler("notifications/initialized", t.NotificationParams, kit.on_initialized)
     return server

@@ -50,6 +50,12 @@ class Dispatch:
             )
         elif step.kind is StepKind.RESOURCE_READ:
             step.result = await upstream.read_resource(name, meta=step.meta, timeout=timeout)
+        elif step.kind is StepKind.RESOURCE_SUBSCRIBE:
+            await upstream.subscribe(name, timeout=timeout)
+            step.result = t.EmptyResult()
+        elif step.kind is StepKind.RESOURCE_UNSUBSCRIBE:
+            await upstream.unsubscribe(name, timeout=timeout)
+            step.result = t.EmptyResult()
         elif step.kind is StepKind.PROMPT_GET:
             arguments = {k: str(v) for k, v in (step.arguments or {}).items()}
             step.result = await upstream.get_prompt(name, arguments or None, meta=step.meta, timeout=timeout)

@@ -38,12 +38,11 @@ class Resolve:
     async def __call__(self, step: Step, call_next: Next) -> Any:
         if step.kind.is_listing:
             return await call_next(step)
+        if self._startup is not None and await self._startup():
+            # During start-up a request waits (bounded by startup_wait) for upstreams still
+            # starting: an agent may ask for something it remembers before its upstream is up.
+            self._startup = None
         route = self._route(step)
-        if route is None and self._startup is not None:
-            # An agent may ask for something it remembers before its upstream has come up.
-            if await self._startup():
-                self._startup = None
-            route = self._route(step)
         if route is None:
             raise self._not_found(step)
         step.route = route
@@ -59,7 +58,7 @@ class Resolve:
         if step.kind is StepKind.PROMPT_GET:
             prompt = catalog.lookup_prompt(step.target)
             return Route(prompt.upstream, prompt.name) if prompt else None
-        if step.kind is StepKind.RESOURCE_READ:
+        if step.kind in (StepKind.RESOURCE_READ, StepKind.RESOURCE_SUBSCRIBE, StepKind.RESOURCE_UNSUBSCRIBE):
             found = catalog.route_uri(step.target)
             return Route(*found) if found else None
         if step.kind is StepKind.COMPLETE:
@@ -72,7 +71,8 @@ class Resolve:
 
     def _not_found(self, step: Step) -> Exception:
         owner = self._catalog.owner_while_offline(step.target)
-        if owner is None and step.kind is StepKind.RESOURCE_READ:
+        is_resource = step.kind in (StepKind.RESOURCE_READ, StepKind.RESOURCE_SUBSCRIBE, StepKind.RESOURCE_UNSUBSCRIBE)
+        if owner is None and is_resource:
             found = self._catalog.route_uri(step.target)
             owner = found[0] if found else None
         if owner is not None:
@@ -84,9 +84,11 @@ class Resolve:
             StepKind.TOOL_CALL: "tool",
             StepKind.PROMPT_GET: "prompt",
             StepKind.RESOURCE_READ: "resource",
+            StepKind.RESOURCE_SUBSCRIBE: "resource",
+            StepKind.RESOURCE_UNSUBSCRIBE: "resource",
             StepKind.COMPLETE: "completion reference",
         }[step.kind]
-        detail = " (it belongs to no configured upstream)" if step.kind is StepKind.RESOURCE_READ else ""
+        detail = " (it belongs to no configured upstream)" if is_resource else ""
         return UnknownTarget(f"Unknown {what}: {step.target}{detail}")
 
     def _export_uris(self, upstream: str, result: Any) -> Any:
