@@ -9,16 +9,19 @@ told with `list_changed`.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import mcp.types as t
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcpgw.catalog import Catalog, Kind
+from mcpgw.config.loader import ConfigError, load_config
 from mcpgw.config.models import Config
 from mcpgw.pipeline.chain import Pipeline
 from mcpgw.pipeline.stages.dispatch import Dispatch
@@ -35,32 +38,47 @@ UpdatedListener = Callable[[str], Awaitable[None]]
 
 
 class Gateway:
+    """One running gateway. `config`, `catalog`, `upstreams` and `pipeline` are replaced together
+    by `reload`; callers read them through the gateway at use time, never keep them."""
+
     def __init__(self, config: Config) -> None:
-        self.config = config
-        self.catalog = Catalog(config)
-        self.upstreams: dict[str, McpUpstream] = {
-            name: build_upstream(name, server, config.gateway, self._listing_changed)
-            for name, server in config.servers.items()
-            if server.enabled
-        }
-        timeouts = {name: config.timeout_of(name) for name in config.servers}
-        upstreams: dict[str, Upstream] = dict(self.upstreams)
-        self.pipeline = Pipeline([
-            Record(),
-            Identify(),
-            Resolve(self.catalog, config.gateway.call_timeout, timeouts, startup=self.wait_startup),
-            Dispatch(self.catalog, upstreams),
-        ])
         self._listeners: list[Listener] = []
         self._log_listeners: list[LogListener] = []
         self._updated_listeners: list[UpdatedListener] = []
-        for upstream in self.upstreams.values():
-            upstream.on_log_message(self._log_message)
-            upstream.on_resource_updated(self._resource_updated)
+        self.upstreams: dict[str, McpUpstream] = {}
+        self._scopes: dict[str, anyio.CancelScope] = {}
+        self._install(config, reuse={})
         self.started_at: float | None = None
         self._startup_deadline: float | None = None
         self.running = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
+        self._reload_lock = anyio.Lock()
+
+    def _install(self, config: Config, reuse: dict[str, McpUpstream]) -> None:
+        """Build the catalog, upstream set and pipeline of `config` and swap them in at once."""
+        catalog = Catalog(config)
+        upstreams: dict[str, McpUpstream] = {}
+        for name, server in config.servers.items():
+            if not server.enabled:
+                continue
+            upstream = reuse.get(name)
+            if upstream is None:
+                upstream = build_upstream(name, server, config.gateway, self._listing_changed)
+                upstream.on_log_message(self._log_message)
+                upstream.on_resource_updated(self._resource_updated)
+            else:
+                upstream.settings = config.gateway
+                catalog.update(name, upstream.listing, online=upstream.state.status is Status.UP)
+            upstreams[name] = upstream
+        timeouts = {name: config.timeout_of(name) for name in config.servers}
+        routes: dict[str, Upstream] = dict(upstreams)
+        pipeline = Pipeline([
+            Record(),
+            Identify(),
+            Resolve(catalog, config.gateway.call_timeout, timeouts, startup=self.wait_startup),
+            Dispatch(catalog, routes),
+        ])
+        self.config, self.catalog, self.upstreams, self.pipeline = config, catalog, upstreams, pipeline
 
     def on_catalog_changed(self, listener: Listener) -> None:
         """Call `listener(kinds)` whenever exported lists change (to send list_changed)."""
@@ -94,13 +112,18 @@ class Gateway:
             await upstream.set_log_level(level)
 
     async def _listing_changed(self, upstream: McpUpstream) -> None:
+        if self.upstreams.get(upstream.name) is not upstream:
+            return  # an upstream retired by a reload, publishing its way out
         online = upstream.state.status is Status.UP
         if changed := self.catalog.update(upstream.name, upstream.listing, online=online):
-            for listener in list(self._listeners):
-                try:
-                    await listener(changed)
-                except Exception:  # boundary: one broken notifier must not stop the others
-                    log.exception("list_changed listener failed")
+            await self._notify(changed)
+
+    async def _notify(self, changed: set[Kind]) -> None:
+        for listener in list(self._listeners):
+            try:
+                await listener(changed)
+            except Exception:  # boundary: one broken notifier must not stop the others
+                log.exception("list_changed listener failed")
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Supervise every upstream until cancelled. `started` fires before any has connected."""
@@ -110,10 +133,91 @@ class Gateway:
         log.info("starting %d upstream(s): %s", len(self.upstreams), names)
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            for upstream in self.upstreams.values():
-                tg.start_soon(upstream.run)
+            for name in self.upstreams:
+                self._start(name)
+            if self.config.source is not None:
+                tg.start_soon(self._reload_on_sighup)
+                if self.config.gateway.watch_config:
+                    tg.start_soon(self._watch_config)
             self.running.set()
             task_status.started()
+
+    def _start(self, name: str) -> None:
+        assert self._tg is not None
+        scope = self._scopes[name] = anyio.CancelScope()
+        upstream = self.upstreams[name]
+
+        async def supervise() -> None:
+            with scope:
+                await upstream.run()
+
+        self._tg.start_soon(supervise)
+
+    # -- hot reload --------------------------------------------------------------------------
+
+    async def reload(self, config: Config) -> dict[str, list[str]]:
+        """Swap in `config`: add, remove and restart only the upstreams whose tables changed.
+
+        Agents stay connected; they are told what changed with list_changed. Calls in flight to
+        a removed or restarted upstream fail with an error that says so.
+        """
+        async with self._reload_lock:
+            old = self.config
+            def table(c: Config, name: str) -> Any:
+                server = c.servers.get(name)
+                return server if server is not None and server.enabled else None
+            names = set(old.servers) | set(config.servers)
+            added = sorted(n for n in names if table(old, n) is None and table(config, n) is not None)
+            removed = sorted(n for n in names if table(old, n) is not None and table(config, n) is None)
+            changed = sorted(n for n in names if None not in (table(old, n), table(config, n))
+                             and table(old, n) != table(config, n))
+            if old.gateway.separator != config.gateway.separator:
+                changed = sorted(set(changed) | {n for n in names if table(old, n) and table(config, n)})
+            kept = {n: u for n, u in self.upstreams.items() if n not in removed and n not in changed}
+            retiring = {n: self.upstreams[n] for n in [*removed, *changed]}
+            self._install(config, reuse=kept)
+            for name, upstream in retiring.items():
+                upstream.retire("removed from the configuration" if name in removed else
+                                "restarted by a configuration change")
+                if (scope := self._scopes.pop(name, None)) is not None:
+                    scope.cancel()
+            for name in [*added, *changed]:
+                self._start(name)
+            summary = {"added": added, "removed": removed, "restarted": changed}
+            log.info("configuration reloaded from %s: %s", config.source,
+                     "; ".join(f"{k} {', '.join(v)}" for k, v in summary.items() if v) or "no upstream changed")
+            await self._notify(set(Kind))
+            return summary
+
+    async def reload_from_file(self) -> bool:
+        """Re-read the config file; an invalid one is logged precisely and the running config kept."""
+        source = self.config.source
+        assert source is not None
+        try:
+            config = await anyio.to_thread.run_sync(load_config, source)
+        except ConfigError as exc:
+            log.error("configuration NOT reloaded; still running the previous one. %s", exc.render())
+            return False
+        await self.reload(config)
+        return True
+
+    async def _reload_on_sighup(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+            async for _ in signals:
+                log.info("SIGHUP: reloading %s", self.config.source)
+                await self.reload_from_file()
+
+    async def _watch_config(self) -> None:
+        import watchfiles
+
+        source = self.config.source
+        assert source is not None
+        target = source.resolve()
+        # Watch the directory: editors replace files (write a temp file, rename it over).
+        async for changes in watchfiles.awatch(target.parent, debounce=200, recursive=False):
+            # awatch reports absolute paths of the watched (resolved) directory's entries.
+            if any(path == str(target) for change, path in changes if change is not watchfiles.Change.deleted):
+                await self.reload_from_file()
 
     def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run `fn` in the gateway's own task group: it outlives the request that started it."""

@@ -41,6 +41,8 @@ class GatewaySettings(_Model):
     upstream_log_level: Literal["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"] = (
         Field(default="info", description="log messages requested from 2026-07-28 upstreams (per request)")
     )
+    watch_config: bool = Field(default=True, description="reload servers.toml when it changes (also on SIGHUP)")
+    shutdown_grace: float = Field(default=10.0, ge=0, description="seconds in-flight requests get on shutdown")
     allowed_hosts: tuple[str, ...] = Field(
         default=(),
         description="extra Host header values the HTTP front accepts (loopback names are always accepted)",

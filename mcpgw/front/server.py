@@ -313,7 +313,7 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
         on_subscriptions_listen=SubscribingListen(ListenHandler(notifier.bus), subscribers),
         on_subscribe_resource=subscribe,
         on_unsubscribe_resource=unsubscribe,
-        get_tool_input_schema=gateway.catalog.input_schema,
+        get_tool_input_schema=lambda name: gateway.catalog.input_schema(name),  # the catalog is swapped on reload
     )
     server.add_notification_handler("notifications/initialized", t.NotificationParams, notifier.on_initialized)
 

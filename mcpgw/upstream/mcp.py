@@ -105,6 +105,7 @@ class McpUpstream:
         self._on_log_message: LogMessage | None = None
         self._log_level: t.LoggingLevel | None = None
         self._subscriptions: set[str] = set()
+        self._retired: str | None = None
         self._subscriptions_changed = anyio.Event()
         self._client: Client | None = None
         self._refresh_send, self._refresh_recv = anyio.create_memory_object_stream[None](1)
@@ -120,6 +121,10 @@ class McpUpstream:
 
     def on_resource_updated(self, callback: ResourceUpdated) -> None:
         self._on_resource_updated = callback
+
+    def retire(self, reason: str) -> None:
+        """This upstream is being stopped by a reload; requests in flight will say why."""
+        self._retired = reason
 
     def on_log_message(self, callback: LogMessage) -> None:
         self._on_log_message = callback
@@ -605,6 +610,10 @@ class McpUpstream:
                 raise UpstreamTimeout(
                     f"upstream {self.name!r} did not answer {method} {target!r} within {timeout:g}s; "
                     "the request was cancelled upstream"
+                ) from None
+            if exc.code == CONNECTION_CLOSED and self._retired is not None:
+                raise UpstreamUnavailable(
+                    f"upstream {self.name!r} was {self._retired} while {method} {target!r} was in flight"
                 ) from None
             if exc.code == CONNECTION_CLOSED:
                 self._mark_lost("connection closed during a request")
