@@ -8,10 +8,11 @@ told with `list_changed`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import anyio
@@ -53,6 +54,10 @@ class Gateway:
         self.running = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._reload_lock = anyio.Lock()
+        self.inflight = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+        self.draining = False
 
     def _install(self, config: Config, reuse: dict[str, McpUpstream]) -> None:
         """Build the catalog, upstream set and pipeline of `config` and swap them in at once."""
@@ -141,6 +146,29 @@ class Gateway:
                     tg.start_soon(self._watch_config)
             self.running.set()
             task_status.started()
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        """Count one agent request in flight (what a graceful shutdown waits for)."""
+        self.inflight += 1
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self._idle.set()
+
+    async def drain(self, grace: float) -> bool:
+        """Refuse new requests and wait up to `grace` seconds for those in flight. True if all ended."""
+        self.draining = True
+        if self.inflight:
+            log.info("shutting down: waiting up to %gs for %d request(s) in flight", grace, self.inflight)
+        with anyio.move_on_after(grace):
+            await self._idle.wait()
+        if self.inflight:
+            log.warning("shutting down with %d request(s) still in flight after %gs", self.inflight, grace)
+        return self.inflight == 0
 
     def _start(self, name: str) -> None:
         assert self._tg is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -85,7 +86,7 @@ def build_app(gateway: Gateway) -> Starlette:
 async def serve_http(gateway: Gateway, host: str, port: int) -> None:
     app = build_app(gateway)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=10)
+                            timeout_graceful_shutdown=math.ceil(gateway.config.gateway.shutdown_grace))
     server = uvicorn.Server(config)
 
     async def announce(task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

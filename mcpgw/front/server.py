@@ -325,7 +325,17 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
 
     server.add_request_handler("logging/setLevel", t.SetLevelRequestParams, set_level)
     gateway.on_upstream_log(notifier.upstream_log)
+    async def track(ctx: ServerRequestContext[Any], call_next: CallNext) -> HandlerResult:
+        """Count requests in flight for a graceful shutdown; refuse new ones once it started."""
+        if ctx.request_id is None or ctx.method == "subscriptions/listen":
+            return await call_next(ctx)
+        if gateway.draining:
+            raise MCPError(INTERNAL_ERROR, "the gateway is shutting down; retry against another instance")
+        with gateway.track():
+            return await call_next(ctx)
+
     server.middleware.append(_contain_errors)
+    server.middleware.append(track)
     return server, notifier
 
 

@@ -26,11 +26,23 @@ from mcpgw.gateway import Gateway
 
 log = logging.getLogger("mcpgw.front")
 
+WRITE_OUT_GRACE = 5.0
+"""Seconds the session gets to write its last answers after stdin is ended on shutdown."""
 
-async def cancel_on_signals(scope: CancelScope) -> None:
+
+async def stop_on_signals(scope: CancelScope, gateway: Gateway, stdin: StdinLines | None) -> None:
+    """SIGTERM/SIGINT: refuse new requests, let those in flight finish (bounded), then stop.
+
+    Stopping is done by ending stdin, as if the agent had closed it, so the answers of the
+    requests that just finished are still written out; cancelling is only the fallback.
+    """
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for received in signals:
             log.info("received %s; shutting down", signal.Signals(received).name)
+            await gateway.drain(gateway.config.gateway.shutdown_grace)
+            if stdin is not None:
+                stdin.close()
+                await anyio.sleep(WRITE_OUT_GRACE)
             scope.cancel()
             return
 
@@ -50,6 +62,13 @@ class StdinLines:
         os.dup2(null, 0)
         os.close(null)
 
+        self._transport: asyncio.ReadTransport | None = None
+
+    def close(self) -> None:
+        """End the lines, as if the agent had closed stdin."""
+        if self._transport is not None:
+            self._transport.close()
+
     def __aiter__(self) -> AsyncIterator[str]:
         return self._lines()
 
@@ -59,6 +78,7 @@ class StdinLines:
         reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
         try:
             transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+            self._transport = transport
         except ValueError:  # not a pipe, socket or tty (a regular file): fall back to a thread
             async for line in _thread_lines(pipe):
                 yield line
@@ -79,7 +99,7 @@ async def serve_stdio(gateway: Gateway) -> None:
     server, _notifier = build_server(gateway, default_transport="stdio")
     stdin = StdinLines() if sys.platform != "win32" else None
     async with anyio.create_task_group() as tg:
-        tg.start_soon(cancel_on_signals, tg.cancel_scope)
+        tg.start_soon(stop_on_signals, tg.cancel_scope, gateway, stdin)
         await tg.start(gateway.run)
         async with stdio_server(stdin=cast(Any, stdin)) as (read, write):
             await server.run(read, write, server.create_initialization_options())

@@ -106,6 +106,9 @@ class McpUpstream:
         self._log_level: t.LoggingLevel | None = None
         self._subscriptions: set[str] = set()
         self._retired: str | None = None
+        self._probe_now = anyio.Event()
+        """Set when a request timed out: probe at once rather than at the next interval, so a
+        hung upstream is marked down (and later calls fail fast) after one slow call."""
         self._subscriptions_changed = anyio.Event()
         self._client: Client | None = None
         self._refresh_send, self._refresh_recv = anyio.create_memory_object_stream[None](1)
@@ -397,9 +400,11 @@ class McpUpstream:
         `ping` is gone at 2026-07-28, so the probe is a listing; it doubles as a safety net
         for a missed list_changed.
         """
-        interval = self.settings.health_interval
         while True:
-            await anyio.sleep(interval)
+            interval = self.settings.health_interval
+            with anyio.move_on_after(interval):
+                await self._probe_now.wait()
+            self._probe_now = anyio.Event()
             try:
                 with anyio.fail_after(min(self.settings.connect_timeout, max(interval, 1.0))):
                     listing = await self._list_all(client)
@@ -607,6 +612,7 @@ class McpUpstream:
             )
         except MCPError as exc:
             if exc.code == REQUEST_TIMEOUT:
+                self._probe_now.set()
                 raise UpstreamTimeout(
                     f"upstream {self.name!r} did not answer {method} {target!r} within {timeout:g}s; "
                     "the request was cancelled upstream"
