@@ -46,8 +46,13 @@ def stdio_server_toml(name: str, script: Path, *args: str, extra: str = "") -> s
 
 
 def write_config(tmp_path: Path, body: str, gateway: str = "") -> Path:
+    """A servers.toml. Unless a test sets its own, `startup_wait` is long: on a loaded machine the
+    upstreams' start-up is slow, and a test's first request should wait for them, not race them."""
+    gateway = textwrap.dedent(gateway)
+    if "startup_wait" not in gateway:
+        gateway += "\nstartup_wait = 60\n"
     path = tmp_path / "servers.toml"
-    path.write_text(textwrap.dedent(f"[gateway]\n{textwrap.dedent(gateway)}\n") + body)
+    path.write_text(f"[gateway]\n{gateway}\n" + textwrap.dedent(body))
     return path
 
 
@@ -152,11 +157,13 @@ async def terminate(proc: anyio.abc.Process) -> None:
 
 
 @asynccontextmanager
-async def kit_http(transport: str = "http", *args: str, env: dict[str, str] | None = None) -> AsyncIterator[str]:
-    """A kit upstream serving over HTTP on 127.0.0.1; yields its base URL."""
+async def kit_http(
+    transport: str = "http", *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[str, int]]:
+    """A kit upstream serving over HTTP on 127.0.0.1; yields its base URL and its pid."""
     async with run_process([PY, str(KIT), "--transport", transport, *args], read="stdout", env=env) as proc:
         match = await proc.wait_for(r"PORT (\d+)")
-        yield f"http://127.0.0.1:{match.group(1)}"
+        yield f"http://127.0.0.1:{match.group(1)}", proc.proc.pid
 
 
 @asynccontextmanager

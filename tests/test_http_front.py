@@ -38,7 +38,7 @@ async def test_dns_rebinding_protection_on_mcp_and_sse(tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_readyz_reports_starting_then_ready(tmp_path: Path) -> None:
     body = stdio_server_toml("kit", KIT) + stdio_server_toml("silent", SILENT)
-    config = write_config(tmp_path, body, gateway="connect_timeout = 2\nstartup_wait = 0")
+    config = write_config(tmp_path, body, gateway="connect_timeout = 6\nstartup_wait = 0")
     async with gateway_http(config) as (base, _), httpx2.AsyncClient(timeout=10) as http:
         first = await http.get(f"{base}/readyz")
         assert first.status_code in (200, 503)
@@ -52,7 +52,7 @@ async def test_readyz_reports_starting_then_ready(tmp_path: Path) -> None:
             response = await http.get(f"{base}/readyz")
             return response.status_code == 200 and response.json()["upstreams"]["silent"]["status"] == "down"
 
-        await wait_until(ready, timeout=15)
+        await wait_until(ready, timeout=40)
         report = (await http.get(f"{base}/readyz")).json()
         assert report["status"] == "ready"
         assert report["upstreams"]["kit"]["status"] == "up"

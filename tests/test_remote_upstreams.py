@@ -23,7 +23,7 @@ def remote(name: str, kind: str, url: str, extra: str = "") -> str:
 async def test_remote_upstream_forwarding_and_list_changed(tmp_path: Path, kind: str, mode: str) -> None:
     path = "/mcp" if kind == "http" else "/sse"
     changes = ToolsChanged()
-    async with kit_http(kind, "--name", "web") as base:
+    async with kit_http(kind, "--name", "web") as (base, _pid):
         config = write_config(tmp_path, remote("web", kind, base + path, 'headers = { "X-Tenant" = "t1" }'),
                               gateway="health_interval = 600")
         async with gateway_stdio(config, mode=mode, message_handler=changes.handler) as agent:
@@ -47,7 +47,7 @@ async def test_remote_upstream_forwarding_and_list_changed(tmp_path: Path, kind:
 
 @pytest.mark.anyio
 async def test_remote_upstream_that_dies_is_noticed_and_named(tmp_path: Path) -> None:
-    async with kit_http("http", "--name", "web") as base:
+    async with kit_http("http", "--name", "web") as (base, web_pid):
         body = remote("web", "http", base + "/mcp") + f"""
 [servers.local]
 kind = "stdio"
@@ -55,16 +55,12 @@ command = "{PY}"
 args = ["{KIT}", "--name", "local"]
 """
         config = write_config(tmp_path, body, gateway="health_interval = 0.5\nrestart_backoff = 0.2\n"
-                                                      "restart_backoff_max = 0.5\nconnect_timeout = 2")
+                                                      "restart_backoff_max = 0.5\nconnect_timeout = 10")
         async with gateway_http(config) as (gw, _), httpx2.AsyncClient(timeout=10) as http, \
                 Client(f"{gw}/mcp", mode="legacy", cache=None) as agent:
             assert (await agent.call_tool("web__echo", {"text": "a"})).structured_content == {
                 "text": "a", "server": "web"}
-            # Find and stop the remote upstream process (it is the only kit with --name web).
-            victims = [p for p in psutil.process_iter(["cmdline"])
-                       if p.info["cmdline"] and "--transport" in p.info["cmdline"] and "web" in p.info["cmdline"]]
-            assert len(victims) == 1
-            victims[0].kill()
+            psutil.Process(web_pid).kill()  # the remote upstream dies
 
             async def down() -> bool:
                 report = (await http.get(f"{gw}/readyz")).json()

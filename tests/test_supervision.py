@@ -28,11 +28,11 @@ from .conftest import (
 
 FAST = """
 call_timeout = 10
-connect_timeout = 3
+connect_timeout = 20
 restart_backoff = 0.2
 restart_backoff_max = 1
 health_interval = 1
-startup_wait = 5
+startup_wait = 60
 """
 
 
@@ -123,7 +123,9 @@ async def test_failed_and_silent_upstreams_do_not_block_the_others(tmp_path: Pat
     body = (stdio_server_toml("kit", KIT) + stdio_server_toml("silent", SILENT)
             + '\n[servers.missing]\nkind = "stdio"\ncommand = "/nonexistent/mcp-server"\n'
             + '\n[servers.remote]\nkind = "http"\nurl = "http://127.0.0.1:9/mcp"\n')
-    config = write_config(tmp_path, body, gateway=FAST.replace("startup_wait = 5", "startup_wait = 10"))
+    settings = FAST.replace("startup_wait = 60", "startup_wait = 10").replace("connect_timeout = 20",
+                                                                              "connect_timeout = 6")
+    config = write_config(tmp_path, body, gateway=settings)
     async with gateway_http(config) as (base, gateway), Client(f"{base}/mcp", mode="legacy", cache=None) as agent:
         names = {tool.name for tool in (await agent.list_tools()).tools}
         assert names and all(n.startswith("kit__") for n in names)
@@ -144,9 +146,9 @@ async def test_failed_and_silent_upstreams_do_not_block_the_others(tmp_path: Pat
             _, again = await readyz(base)
             return again["upstreams"]["missing"]["failures"] >= 3 and again["upstreams"]["silent"]["status"] == "down"
 
-        await wait_until(retried, timeout=20)
+        await wait_until(retried, timeout=40)
         _, report = await readyz(base)
-        assert "connect_timeout (3s)" in report["upstreams"]["silent"]["error"]
+        assert "connect_timeout (6s)" in report["upstreams"]["silent"]["error"]
         unavailable = await agent.call_tool("kit__echo", {"text": "still"})
         assert not unavailable.is_error
     assert "upstream missing failed to start: command not found" in gateway.text
@@ -193,7 +195,7 @@ command = "/bin/sh"
 args = ["-c", "sleep 2; exec {PY} {KIT} --name late"]
 """
     config = write_config(tmp_path, stdio_server_toml("kit", KIT) + late,
-                          gateway=FAST.replace("startup_wait = 5", "startup_wait = 0.5"))
+                          gateway=FAST.replace("startup_wait = 60", "startup_wait = 0.5"))
     got = anyio.Event()
 
     async def on_message(message: Any) -> None:
