@@ -112,8 +112,9 @@ def _dump(result: Any) -> Any:
 
 @needs_everything
 @pytest.mark.anyio
-@pytest.mark.parametrize("mode", ["legacy", "auto"])
-async def test_everything_resources_prompts_and_completions_match_direct(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize("front", ["stdio-legacy", "stdio-auto", "http-legacy", "http-auto"])
+async def test_everything_resources_prompts_and_completions_match_direct(tmp_path: Path, front: str) -> None:
+    mode = front.split("-")[1]
     params = StdioServerParameters(command="node", args=[str(EVERYTHING), "stdio"])
     async with Client(params, mode=mode, cache=None) as direct:
         resources = (await direct.list_resources()).resources
@@ -129,7 +130,7 @@ async def test_everything_resources_prompts_and_completions_match_direct(tmp_pat
                                     f'args = ["{EVERYTHING}", "stdio"]\n'
                                     + stdio_server_toml("kit", KIT))
     assert PY
-    async with gateway_stdio(config, mode=mode) as agent:
+    async with agent_for(front, config) as agent:
         listed = (await agent.list_resources()).resources
         mine = [r for r in listed if str(r.uri).startswith("mcpgw://everything/")]
         assert len(mine) == len(resources)
