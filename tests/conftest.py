@@ -232,3 +232,25 @@ def namespaced_uris(result: dict[str, Any], prefix: str) -> dict[str, Any]:
         blocks.append(block)
     out["content"] = blocks
     return out
+
+
+def text(result: Any) -> str:
+    """The text of a tool result's first content block."""
+    from mcp import types
+
+    first = result.content[0]
+    assert isinstance(first, types.TextContent), first
+    return first.text
+
+
+@asynccontextmanager
+async def agent_for(front: str, config: Path, **client_kw: Any) -> AsyncIterator[Client]:
+    """An SDK client of the given era (`stdio-legacy`, `http-auto`, ...) connected to a gateway on `config`."""
+    kind, mode = front.split("-")
+    if kind == "stdio":
+        async with gateway_stdio(config, mode=mode, **client_kw) as agent:
+            yield agent
+    else:
+        async with gateway_http(config) as (base, _), Client(f"{base}/mcp", mode=mode, cache=None,
+                                                              **client_kw) as agent:
+            yield agent

@@ -15,7 +15,7 @@ import mcp.types as t
 import pytest
 from mcp import Client, MCPError
 
-from .conftest import KIT, gateway_http, gateway_stdio, stdio_server_toml, write_config
+from .conftest import KIT, gateway_http, gateway_stdio, stdio_server_toml, text, write_config
 
 asked: list[str] = []
 
@@ -43,11 +43,6 @@ def kit_config(tmp_path: Path, upstream: str) -> Path:
     extra = 'protocol = "legacy"\n' if upstream == "legacy" else ""
     return write_config(tmp_path, stdio_server_toml("kit", KIT, extra=extra))
 
-
-def text(result: t.CallToolResult) -> str:
-    first = result.content[0]
-    assert isinstance(first, t.TextContent)
-    return first.text
 
 
 @pytest.mark.anyio

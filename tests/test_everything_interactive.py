@@ -8,8 +8,6 @@ same client callbacks; agents of both eras over the stdio and Streamable HTTP fr
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import mcp.types as t
 import pytest
 from mcp import Client, StdioServerParameters
 
-from .conftest import gateway_http, gateway_stdio, write_config
+from .conftest import agent_for, write_config
 from .test_reference_servers import EVERYTHING, needs_everything
 
 pytestmark = needs_everything
@@ -51,17 +49,6 @@ CALLS: list[tuple[str, dict[str, Any]]] = [
 def config(tmp_path: Path) -> Path:
     return write_config(tmp_path, f'[servers.everything]\nkind = "stdio"\ncommand = "node"\n'
                                   f'args = ["{EVERYTHING}", "stdio"]\n')
-
-
-@asynccontextmanager
-async def agent_for(front: str, path: Path, **kw: Any) -> AsyncIterator[Client]:
-    kind, mode = front.split("-")
-    if kind == "stdio":
-        async with gateway_stdio(path, mode=mode, **kw) as agent:
-            yield agent
-    else:
-        async with gateway_http(path) as (base, _), Client(f"{base}/mcp", mode=mode, cache=None, **kw) as agent:
-            yield agent
 
 
 def dump(result: t.CallToolResult) -> Any:

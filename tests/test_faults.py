@@ -16,15 +16,10 @@ import psutil
 import pytest
 from mcp import Client
 
-from .conftest import KIT, PY, ROOT, gateway_http, gateway_stdio, stdio_server_toml, wait_until, write_config
+from .conftest import KIT, PY, ROOT, gateway_http, gateway_stdio, stdio_server_toml, text, wait_until, write_config
 
 FAST = "restart_backoff = 0.2\nrestart_backoff_max = 0.5\nhealth_interval = 600\n"
 
-
-def text(result: t.CallToolResult) -> str:
-    first = result.content[0]
-    assert isinstance(first, t.TextContent)
-    return first.text
 
 
 @pytest.mark.anyio

@@ -11,7 +11,7 @@ import anyio
 import mcp.types as t
 import pytest
 
-from .conftest import KIT, ToolsChanged, gateway_http, stdio_server_toml, wait_until, write_config
+from .conftest import KIT, ToolsChanged, gateway_http, stdio_server_toml, text, wait_until, write_config
 
 GATEWAY = "health_interval = 600\nrestart_backoff = 0.2\n"
 
@@ -19,11 +19,6 @@ GATEWAY = "health_interval = 600\nrestart_backoff = 0.2\n"
 def names(listed: t.ListToolsResult) -> set[str]:
     return {tool.name for tool in listed.tools}
 
-
-def text(result: t.CallToolResult) -> str:
-    first = result.content[0]
-    assert isinstance(first, t.TextContent)
-    return first.text
 
 
 async def write_atomically(path: Path, body: str) -> None:

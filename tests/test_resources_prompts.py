@@ -6,8 +6,6 @@ stdio and Streamable HTTP fronts, in both protocol eras.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +13,10 @@ import mcp.types as t
 import pytest
 from mcp import Client, MCPError, StdioServerParameters
 
-from .conftest import KIT, PY, gateway_http, gateway_stdio, stdio_server_toml, write_config
+from .conftest import KIT, PY, agent_for, gateway_stdio, stdio_server_toml, write_config
 from .test_reference_servers import EVERYTHING, needs_everything
 
 FRONTS = ["stdio-legacy", "stdio-auto", "http-legacy", "http-auto"]
-
-
-@asynccontextmanager
-async def agent_for(front: str, config: Path) -> AsyncIterator[Client]:
-    kind, mode = front.split("-")
-    if kind == "stdio":
-        async with gateway_stdio(config, mode=mode) as agent:
-            yield agent
-    else:
-        async with gateway_http(config) as (base, _), Client(f"{base}/mcp", mode=mode, cache=None) as agent:
-            yield agent
 
 
 def two_kits(tmp_path: Path) -> Path:

@@ -22,6 +22,7 @@ from .conftest import (
     gateway_http,
     gateway_stdio,
     stdio_server_toml,
+    text,
     wait_until,
     write_config,
 )
@@ -41,11 +42,6 @@ async def readyz(base: str) -> tuple[int, dict[str, Any]]:
         response = await http.get(f"{base}/readyz")
         return response.status_code, response.json()
 
-
-def text(result: t.CallToolResult) -> str:
-    first = result.content[0]
-    assert isinstance(first, t.TextContent)
-    return first.text
 
 
 @pytest.mark.anyio
