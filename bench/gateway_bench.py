@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import compileall
 import contextlib
 import cProfile
 import gc
@@ -23,6 +24,7 @@ import platform
 import pstats
 import re
 import select
+import shutil
 import signal
 import statistics
 import subprocess
@@ -31,7 +33,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,9 @@ from mcp.client.streamable_http import streamable_http_client
 ROOT = Path(__file__).resolve().parent.parent
 KIT = ROOT / "tests" / "upstreams" / "kit_server.py"
 SILENT = ROOT / "tests" / "upstreams" / "silent_server.py"
+SRC: Path | None = None
+"""With --snapshot (the default) a copy of mcpgw/ made at start, first on every PYTHONPATH: a run
+measures one version of the code even if the work tree changes while it runs."""
 PY = sys.executable
 HOST = "127.0.0.1"
 ECHO_ARGS = {"text": "hello"}
@@ -65,9 +70,11 @@ class Reaper:
 
     def __init__(self) -> None:
         self.known: dict[int, psutil.Process] = {}
+        self._descendants: dict[int, list[psutil.Process]] = {}
         self.lock = threading.Lock()
 
     def track(self, pid: int) -> psutil.Process | None:
+        """Call right after starting a process (while it certainly is ours and alive)."""
         try:
             proc = psutil.Process(pid)
         except psutil.NoSuchProcess:
@@ -79,22 +86,43 @@ class Reaper:
     def snapshot_tree(self, pid: int) -> None:
         """Remember a process's descendants while it is alive: once it dies they are re-parented
         and can no longer be found from here (SDK-started upstreams run in their own session)."""
+        with self.lock:
+            proc = self.known.get(pid)
+        if proc is None:
+            proc = self.track(pid)
         try:
-            kids = psutil.Process(pid).children(recursive=True)
+            if proc is None or not proc.is_running():
+                return
+            kids = proc.children(recursive=True)
         except psutil.NoSuchProcess:
             return
         with self.lock:
             for kid in kids:
                 self.known.setdefault(kid.pid, kid)
+            self._descendants.setdefault(pid, [])
+            seen = {k.pid for k in self._descendants[pid]}
+            self._descendants[pid] += [k for k in kids if k.pid not in seen]
 
     def stop(self, pid: int, grace: float = 5.0) -> None:
-        """SIGTERM a process we started, then its descendants; SIGKILL what is left."""
-        self.snapshot_tree(pid)
+        """SIGTERM a process we started, then its descendants; SIGKILL what is left.
+
+        Uses the psutil handle taken while the process was alive, so a recycled pid is never
+        signalled (psutil checks the creation time before sending a signal)."""
+        with self.lock:
+            proc: psutil.Process | None = self.known.get(pid)
+        if proc is None:
+            return
+        kids: list[psutil.Process] = []
         try:
-            proc = psutil.Process(pid)
-            kids = proc.children(recursive=True)
+            if proc.is_running():
+                kids = proc.children(recursive=True)
+                with self.lock:
+                    for kid in kids:
+                        self.known.setdefault(kid.pid, kid)
         except psutil.NoSuchProcess:
-            proc, kids = None, []
+            pass
+        with self.lock:  # also the descendants remembered earlier (already re-parented if it died)
+            kids = list({k.pid: k for k in [*kids, *self._descendants.get(pid, [])]}.values())
         if proc is not None:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.terminate()
@@ -196,7 +224,7 @@ class LineReader:
         while b"\n" not in self.buf:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError("no line within %.1fs" % timeout)
+                raise TimeoutError(f"no line within {timeout:.1f}s")
             ready, _, _ = select.select([self.fd], [], [], left)
             if not ready:
                 continue
@@ -229,6 +257,11 @@ def toml_str(value: str) -> str:
 
 
 def write_config(path: Path, servers: dict[str, dict[str, Any]], gateway: dict[str, Any] | None = None) -> Path:
+    """Write `<path without suffix>/servers.toml` and return it. Each config gets a directory of its
+    own: the gateway watches its config's directory for hot reload, and must not see our logs."""
+    folder = path.with_suffix("")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "servers.toml"
     lines = ["[gateway]"]
     for k, v in {"call_timeout": 60, **(gateway or {})}.items():
         lines.append(f"{k} = {json.dumps(v)}")
@@ -245,8 +278,46 @@ def write_config(path: Path, servers: dict[str, dict[str, Any]], gateway: dict[s
     return path
 
 
+def snapshot_sources(tmp: Path) -> None:
+    """Copy mcpgw/ and tests/upstreams/ into `tmp` and use the copies for the whole run."""
+    global SRC, KIT, SILENT
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    src = tmp / "src"
+    shutil.copytree(ROOT / "mcpgw", src / "mcpgw", ignore=ignore)
+    upstreams = shutil.copytree(ROOT / "tests" / "upstreams", tmp / "upstreams", ignore=ignore)
+    compileall.compile_dir(str(src), quiet=1)  # as warm a bytecode cache as the work tree's
+    SRC, KIT, SILENT = src, upstreams / "kit_server.py", upstreams / "silent_server.py"
+    sys.path.insert(0, str(src))  # the in-process section imports mcpgw from the copy too
+
+
+def child_env() -> dict[str, str] | None:
+    """Environment for processes we spawn with subprocess (None: inherit ours unchanged)."""
+    if SRC is None:
+        return None
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def kit_stdio_spec(tools: int = 0, name: str = "kit") -> dict[str, Any]:
     return {"kind": "stdio", "command": "${MCPGW_PYTHON}", "args": [str(KIT), "--tools", str(tools), "--name", name]}
+
+
+_KIT_BASE: list[int] = []
+
+
+def kit_base_tools() -> int:
+    """How many tools kit_server.py has besides the generated `--tools N` ones (asked once, over stdio)."""
+    if not _KIT_BASE:
+        peer = RawStdio([PY, str(KIT)], Path(os.devnull))
+        try:
+            peer.send(INIT)
+            peer.wait_for(1, 30)
+            peer.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            _KIT_BASE.append(len(peer.request("tools/list", {}, 30)["result"]["tools"]))
+        finally:
+            peer.close()
+    return _KIT_BASE[0]
 
 
 def gateway_argv(config: Path, transport: str = "stdio") -> list[str]:
@@ -279,6 +350,7 @@ def spawn_kit_http(tools: int = 0, name: str = "kit") -> KitHttp:
     proc = subprocess.Popen(
         [PY, str(KIT), "--transport", "http", "--tools", str(tools), "--name", name],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=child_env(),
     )
     REAPER.track(proc.pid)
     try:
@@ -310,7 +382,7 @@ def spawn_gateway_http(config: Path, log: Path, timeout: float = 30.0) -> Gatewa
     with open(log, "wb") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(gateway_argv(config, "http"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, start_new_session=True)
+                                stderr=err, start_new_session=True, env=child_env())
     REAPER.track(proc.pid)
     try:
         deadline = time.monotonic() + timeout
@@ -336,7 +408,7 @@ def stop_popen(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 
 def get_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:  # 503 while starting still carries the report
         return exc.code, json.loads(exc.read() or b"null")
@@ -360,18 +432,29 @@ class Ctx:
 
 @contextlib.asynccontextmanager
 async def stdio_session(ctx: Ctx, argv: list[str], errname: str) -> AsyncIterator[Client]:
-    params = StdioServerParameters(command=argv[0], args=argv[1:])
+    # The SDK gives a stdio child only an allow-listed environment, plus `env`.
+    params = StdioServerParameters(command=argv[0], args=argv[1:], env={"PYTHONPATH": str(SRC)} if SRC else None)
     with open(ctx.tmp / errname, "w") as errlog:
-        async with Client(stdio_client(params, errlog=errlog), mode=ctx.mode) as client:
-            yield client
+        try:
+            async with Client(stdio_client(params, errlog=errlog), mode=ctx.mode) as client:
+                yield client
+        except BaseException:
+            errlog.flush()
+            tail = (ctx.tmp / errname).read_text(errors="replace").splitlines()[-40:]
+            print(f"  !! {' '.join(argv[1:3])} failed; last lines of its stderr ({errname}):", file=sys.stderr)
+            for line in tail:
+                print(f"  !!   {line}", file=sys.stderr)
+            raise
 
 
 @contextlib.asynccontextmanager
 async def http_session(ctx: Ctx, url: str) -> AsyncIterator[Client]:
     limits = httpx2.Limits(max_connections=128, max_keepalive_connections=128)
-    async with httpx2.AsyncClient(timeout=httpx2.Timeout(30, read=60), limits=limits) as http:
-        async with Client(streamable_http_client(url, http_client=http), mode=ctx.mode) as client:
-            yield client
+    async with (
+        httpx2.AsyncClient(timeout=httpx2.Timeout(30, read=60), limits=limits) as http,
+        Client(streamable_http_client(url, http_client=http), mode=ctx.mode) as client,
+    ):
+        yield client
 
 
 async def call_ok(client: Client, tool: str) -> None:
@@ -478,19 +561,19 @@ def summarize(p: Path4) -> dict[str, Any]:
 
 
 async def section_calls(ctx: Ctx) -> None:
-    print("[1-2] tools/call latency and throughput (echo), client mode=%s, interleaved paths" % ctx.mode,
+    print(f"[1-2] tools/call latency and throughput (echo), client mode={ctx.mode}, interleaved paths",
           flush=True)
     res: dict[str, Any] = {}
     ctx.results["calls"] = res
-    t_start = time.perf_counter()
     kit = spawn_kit_http()
     gw_http: GatewayHttp | None = None
     gw_stdio: psutil.Process | None = None
     try:
         async with contextlib.AsyncExitStack() as stack:
             # (a) direct -> kit over stdio
-            ca = await stack.enter_async_context(stdio_session(ctx, [PY, str(KIT)], "kit-direct.err"))
-            kit_a = find_child(str(KIT))
+            ca = await stack.enter_async_context(
+                stdio_session(ctx, [PY, str(KIT), "--name", "kit-direct-stdio"], "kit-direct.err"))
+            kit_a = find_child("kit-direct-stdio")
             # (b) client -> mcpgw (stdio) -> kit (stdio)
             cfg_b = write_config(ctx.tmp / "gw-stdio.toml", {"kit": kit_stdio_spec()})
             cb = await stack.enter_async_context(stdio_session(ctx, gateway_argv(cfg_b), "gw-stdio.err"))
@@ -520,9 +603,10 @@ async def section_calls(ctx: Ctx) -> None:
             for p in paths:
                 res[p.key] = summarize(p)
                 lat, tp = res[p.key]["latency_ms"], res[p.key]["throughput"]
+                cpu = ", ".join(f"{k} {v:.2f}" for k, v in tp[8]["cpu_ms_per_call"].items())
                 print(f"  {p.label:<22} p50 {lat['p50']:6.2f} ms  p99 {lat['p99']:6.2f} ms | calls/s "
-                      f"c1 {tp[1]['median']:6.0f}  c8 {tp[8]['median']:6.0f}  c32 {tp[32]['median']:6.0f} | CPU ms/call "
-                      f"c8: " + ", ".join(f"{k} {v:.2f}" for k, v in tp[8]["cpu_ms_per_call"].items()), flush=True)
+                      f"c1 {tp[1]['median']:6.0f}  c8 {tp[8]['median']:6.0f}  c32 {tp[32]['median']:6.0f} | "
+                      f"CPU ms/call c8: {cpu}", flush=True)
             for direct, gw, _name in PAIRS:
                 for conc in CONCURRENCY:
                     ratios = [g / d for g, d in zip(res[gw]["throughput"][conc]["runs"],
@@ -537,15 +621,13 @@ async def section_calls(ctx: Ctx) -> None:
         if gw_http is not None:
             stop_popen(gw_http.proc)
         stop_popen(kit.proc)
-    print(f"  ({time.perf_counter() - t_start:.0f} s)", flush=True)
-
     if ctx.args.profile:
         res["b_gateway_stdio_profile"] = await profile_gateway_calls(ctx)
 
 
 def _bucket(filename: str, name: str) -> str:
     if filename.startswith("<built-in>") or filename == "":
-        if name.startswith("lock.") or "thread" in name:
+        if name.startswith("lock.") or "thread" in name or "running_loop" in name or name == "current_task":
             return "anyio/asyncio"  # worker-thread hand-offs (the SDK's stdio server reads/writes via threads)
         if name in ("write", "read", "recv", "send", "os.write", "os.read", "socket.send", "socket.recv"):
             return "I/O syscalls"
@@ -636,23 +718,24 @@ async def list_all(client: Client) -> tuple[int, int]:
 async def time_listing(client: Client, expected: int, reps: int) -> dict[str, Any]:
     count, pages = await list_all(client)  # warm-up (and correctness)
     if count != expected:
-        raise RuntimeError(f"listed {count} tools, expected {expected}")
+        print(f"  WARNING: listed {count} tools, expected {expected}", flush=True)
     times = []
     with anyio.fail_after(300):
         for _ in range(reps):
             t0 = time.perf_counter()
             count, pages = await list_all(client)
             times.append((time.perf_counter() - t0) * 1000)
-    return {"tools": count, "pages": pages, "median_ms": med(times), "min_ms": min(times), "runs_ms": times}
+    return {"tools": count, "expected": expected, "pages": pages, "median_ms": med(times), "min_ms": min(times),
+            "runs_ms": times}
 
 
 async def section_list(ctx: Ctx) -> None:
-    print("[3] tools/list, all pages (stdio, client mode=%s)" % ctx.mode, flush=True)
+    print(f"[3] tools/list, all pages (stdio, client mode={ctx.mode})", flush=True)
     res: dict[str, Any] = {}
     ctx.results["list"] = res
     for n_extra in (1000, 10_000):
-        expected = n_extra + 10  # kit has 10 base tools besides the generated ones
-        reps = ctx.args.list_reps if n_extra <= 1000 else max(3, ctx.args.list_reps // 2)
+        expected = n_extra + kit_base_tools()
+        reps = ctx.args.list_reps if n_extra <= 1000 else max(2, ctx.args.list_reps // 2)
         row: dict[str, Any] = {}
         res[str(n_extra)] = row
         async with stdio_session(ctx, [PY, str(KIT), "--tools", str(n_extra)], f"kit-list-{n_extra}.err") as c:
@@ -719,16 +802,20 @@ async def inprocess_one(ctx: Ctx, n_extra: int, page_size: int | None) -> dict[s
     from mcp.types.version import LATEST_MODERN_VERSION  # type: ignore[attr-defined]
     from mcp_types import methods as wire_methods
 
+    import mcpgw
     from mcpgw.config import load_config
     from mcpgw.front.server import build_server
     from mcpgw.gateway import Gateway
+
+    if SRC is not None and not str(mcpgw.__file__).startswith(str(SRC)):
+        raise RuntimeError(f"imported mcpgw from {mcpgw.__file__}, not from the snapshot {SRC}")
 
     settings = {"page_size": page_size} if page_size else {}
     cfg = write_config(ctx.tmp / f"inproc-{n_extra}-{page_size}.toml", {"kit": kit_stdio_spec(n_extra)}, settings)
     config = load_config(cfg)
     gateway = Gateway(config)
     server, _notifier = build_server(gateway)
-    expected = n_extra + 10
+    expected = n_extra + kit_base_tools()
     reps = ctx.args.inproc_reps
 
     server_ns: list[int] = []
@@ -845,10 +932,12 @@ async def inprocess_one(ctx: Ctx, n_extra: int, page_size: int | None) -> dict[s
 
 
 async def section_inprocess(ctx: Ctx) -> None:
-    print("[3b] in-process server-side tools/list time, 10,000 tools (plus the 10 base tools)", flush=True)
+    print(f"[3b] in-process server-side tools/list time, 10,000 tools (+ {kit_base_tools()} kit base tools)",
+          flush=True)
     res: dict[str, Any] = {}
     ctx.results["inprocess"] = res
-    for key, page_size in (("default_page", None), ("page_100000", 100000)):
+    variants = (("page_100000", 100000),) if ctx.args.quick else (("default_page", None), ("page_100000", 100000))
+    for key, page_size in variants:
         r = await inprocess_one(ctx, 10_000, page_size)
         res[key] = r
         print(f"  page_size={r['page_size']:<6} server-side legacy {r['legacy']['server_side_ms']:6.1f} ms "
@@ -879,8 +968,9 @@ class RawStdio:
         with open(errlog, "wb") as err:
             self.t0 = time.perf_counter()
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                         start_new_session=True, bufsize=0)
+                                         start_new_session=True, bufsize=0, env=child_env())
         REAPER.track(self.proc.pid)
+        self.closed = False
         self.reader = LineReader(self.proc.stdout.fileno())  # type: ignore[union-attr]
         self.next_id = 100
 
@@ -905,17 +995,24 @@ class RawStdio:
                     raise RuntimeError(f"error response: {msg['error']}")
                 return msg  # type: ignore[no-any-return]
 
-    def close(self) -> None:
+    def close(self, wait: float = 5.0) -> float | None:
+        """Close stdin (what an agent host does), give the process `wait` seconds to exit, then
+        terminate it and its descendants. Returns how long it took to exit by itself, or None."""
+        if self.closed:
+            return None
+        self.closed = True
         REAPER.snapshot_tree(self.proc.pid)
+        t0 = time.perf_counter()
+        exited: float | None = None
         with contextlib.suppress(OSError):
             self.proc.stdin.close()  # type: ignore[union-attr]
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=wait)
+            exited = time.perf_counter() - t0
         REAPER.stop(self.proc.pid, grace=3)
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=2)
+        return exited
 
 
 def time_to_initialize(argv: list[str], errlog: Path, label: str | None = None) -> float:
@@ -929,7 +1026,7 @@ def time_to_initialize(argv: list[str], errlog: Path, label: str | None = None) 
     finally:
         if label:
             RSS.finish(label)
-        peer.close()
+        peer.close(wait=1.0)  # only start-up is measured here; upstreams may still be starting
 
 
 def time_catalog_stdio(config: Path, errlog: Path, expected: int, label: str) -> dict[str, float]:
@@ -952,8 +1049,11 @@ def time_catalog_stdio(config: Path, errlog: Path, expected: int, label: str) ->
                 if not cursor:
                     break
             if count >= expected:
-                REAPER.snapshot_tree(peer.proc.pid)
-                return {"init_s": t_init, "catalog_s": time.perf_counter() - peer.t0, "polls": polls}
+                t_catalog = time.perf_counter() - peer.t0
+                RSS.finish(label)
+                exit_s = peer.close(wait=10.0)
+                return {"init_s": t_init, "catalog_s": t_catalog, "polls": polls,
+                        "exit_after_eof_s": exit_s if exit_s is not None else float("nan")}
             time.sleep(0.02)
         raise TimeoutError(f"catalog never reached {expected} tools")
     finally:
@@ -981,22 +1081,27 @@ def time_catalog_http(config: Path, errlog: Path, n: int, label: str) -> dict[st
 
 def time_python_c(code: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run([PY, "-c", code], check=True, timeout=60, stdin=subprocess.DEVNULL)
+    subprocess.run([PY, "-c", code], check=True, timeout=60, stdin=subprocess.DEVNULL, env=child_env())
     return time.perf_counter() - t0
 
 
 def import_profile(code: str, top: int = 10) -> list[str]:
-    """`python -X importtime`: the heaviest top-level-ish imports by cumulative time."""
+    """`python -X importtime`: where the import time goes (the heaviest modules by self time)."""
     proc = subprocess.run([PY, "-X", "importtime", "-c", code], capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, env=child_env())
     rows = []
     for line in proc.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
         if m:
-            rows.append((int(m.group(2)), len(m.group(3)) // 2, m.group(4)))
-    rows = [r for r in rows if r[1] <= 3]
-    rows.sort(key=lambda r: -r[0])
-    return [f"{cum / 1000:7.1f} ms cum  {'  ' * depth}{name}" for cum, depth, name in rows[:top]]
+            rows.append((int(m.group(1)), int(m.group(2)), m.group(4)))
+    cum = {name: c for _s, c, name in rows}
+    total = sum(s_ for s_, _c, _n in rows)
+    out = [f"{total / 1000:7.1f} ms all imports; cumulative: " + ", ".join(
+        f"{n} {cum[n] / 1000:.0f} ms" for n in ("mcpgw.cli", "mcp", "mcp.server", "mcp.client", "mcp_types",
+                                                "mcpgw.config", "pydantic", "anyio", "httpx2") if n in cum)]
+    for self_us, _c, name in sorted(rows, reverse=True)[:top]:
+        out.append(f"{self_us / 1000:7.1f} ms self  {name}")
+    return out
 
 
 def section_startup(ctx: Ctx) -> None:
@@ -1026,20 +1131,36 @@ def section_startup(ctx: Ctx) -> None:
               f"(max {max(runs) * 1000:.0f})", flush=True)
     res["initialize"] = init
 
+    # 40 stdio upstreams that never answer: each stdio upstream's stderr pump holds one of anyio's
+    # 40 default worker-thread tokens, which the SDK's stdio server also needs to read stdin.
+    many = write_config(ctx.tmp / "start-40-silent.toml",
+                        {f"s{i}": {"kind": "stdio", "command": "${MCPGW_PYTHON}", "args": [str(SILENT)]}
+                         for i in range(40)}, {"connect_timeout": 3})
+    label = "mcpgw, 40 silent upstreams (connect_timeout=3)"
+    runs = [time_to_initialize(gateway_argv(many), ctx.tmp / "start-40.err")]
+    init[label] = {"median_s": med(runs), "max_s": max(runs), "runs_s": runs}
+    print(f"  launch -> initialize answered, {label} {med(runs) * 1000:6.0f} ms", flush=True)
+
     n = 10
     ten = write_config(ctx.tmp / "start-10.toml", {f"k{i}": kit_stdio_spec(0, f"k{i}") for i in range(n)})
-    runs_stdio = [time_catalog_stdio(ten, ctx.tmp / "start-10.err", n * 10, "gateway stdio, 10 upstreams")
+    runs = [time_to_initialize(gateway_argv(ten), ctx.tmp / "start.err") for _ in range(a.startup_reps)]
+    init["mcpgw, 10 kit upstreams"] = {"median_s": med(runs), "max_s": max(runs), "runs_s": runs}
+    print(f"  launch -> initialize answered, {'mcpgw, 10 kit upstreams':<30} median {med(runs) * 1000:6.0f} ms "
+          f"(max {max(runs) * 1000:.0f})", flush=True)
+    runs_stdio = [time_catalog_stdio(ten, ctx.tmp / "start-10.err", n * kit_base_tools(),
+                                     "gateway stdio, 10 upstreams")
                   for _ in range(a.catalog_reps)]
     runs_http = [time_catalog_http(ten, ctx.tmp / "start-10-http.err", n, "gateway http, 10 upstreams")
                  for _ in range(a.catalog_reps)]
     res["catalog_10_stdio"] = {"median_s": med([r["catalog_s"] for r in runs_stdio]),
-                               "init_median_s": med([r["init_s"] for r in runs_stdio]), "runs": runs_stdio}
+                               "init_median_s": med([r["init_s"] for r in runs_stdio]),
+                               "exit_median_s": med([r["exit_after_eof_s"] for r in runs_stdio]), "runs": runs_stdio}
     res["catalog_10_http"] = {"median_s": med([r["catalog_s"] for r in runs_http]),
                               "listening_median_s": med([r["listening_s"] for r in runs_http]), "runs": runs_http}
-    print(f"  10 stdio kit upstreams: stdio front initialize {res['catalog_10_stdio']['init_median_s'] * 1000:.0f} ms, "
-          f"full catalog (100 tools) {res['catalog_10_stdio']['median_s']:.2f} s | http front listening "
-          f"{res['catalog_10_http']['listening_median_s']:.2f} s, /readyz 10/10 up {res['catalog_10_http']['median_s']:.2f} s",
-          flush=True)
+    c10s, c10h = res["catalog_10_stdio"], res["catalog_10_http"]
+    print(f"  10 stdio kit upstreams: stdio front initialize {c10s['init_median_s'] * 1000:.0f} ms, full catalog "
+          f"({n * kit_base_tools()} tools) {c10s['median_s']:.2f} s | http front listening "
+          f"{c10h['listening_median_s']:.2f} s, /readyz 10/10 up {c10h['median_s']:.2f} s", flush=True)
 
     worst = max(v["median_s"] for k, v in init.items() if k.startswith("mcpgw"))
     if worst > TARGET_STARTUP_S or a.profile:
@@ -1079,7 +1200,8 @@ def report(ctx: Ctx) -> list[tuple[str, str, str, str]]:
         for key, name in names.items():
             if key in calls:
                 tp = calls[key]["throughput"]
-                add(f"calls/s {name}", f"c1 {tp[1]['median']:.0f}  c8 {tp[8]['median']:.0f}  c32 {tp[32]['median']:.0f}")
+                add(f"calls/s {name}",
+                    f"c1 {tp[1]['median']:.0f}  c8 {tp[8]['median']:.0f}  c32 {tp[32]['median']:.0f}")
         for direct, gw, name in (("a_direct_stdio", "b_gateway_stdio", "stdio"),
                                  ("c_direct_http", "d_gateway_http", "HTTP")):
             if direct in calls and gw in calls:
@@ -1090,7 +1212,7 @@ def report(ctx: Ctx) -> list[tuple[str, str, str, str]]:
                             ratio >= TARGET_TP_RATIO)
                     else:
                         add(f"throughput gateway/direct, {name}, c={conc}", f"{ratio:.0%}")
-        for key, name in names.items():
+        for key in names:
             if key in calls:
                 cpu = calls[key]["throughput"][8].get("cpu_ms_per_call", {})
                 add(f"CPU ms per call at c=8, {key[0]}", "  ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
@@ -1101,21 +1223,23 @@ def report(ctx: Ctx) -> list[tuple[str, str, str, str]]:
 
     lst = r.get("list")
     if lst:
-        for n, row in lst.items():
+        for _n, row in lst.items():
             total = row["direct"]["tools"]
-            add(f"tools/list {total} tools, direct kit", f"{row['direct']['median_ms']:.1f} ms (1 page)")
-            add(f"tools/list {total} tools, mcpgw default",
-                f"{row['gateway']['median_ms']:.1f} ms ({row['gateway']['pages']} pages)")
-            add(f"tools/list {total} tools, mcpgw page_size=100000",
-                f"{row['gateway_page_100000']['median_ms']:.1f} ms (1 page)")
+            for variant, name in (("direct", "direct kit"), ("gateway", "mcpgw default page_size"),
+                                  ("gateway_page_100000", "mcpgw page_size=100000")):
+                v = row[variant]
+                add(f"tools/list {total} tools, {name}", f"median {v['median_ms']:.1f} ms (min {v['min_ms']:.1f}), "
+                    f"{v['pages']} page(s)")
+                if v["tools"] != v.get("expected", v["tools"]):
+                    add(f"  tools listed by {name}", f"{v['tools']} (expected {v['expected']})", "all", False)
 
     inproc = r.get("inprocess")
     if inproc:
-        for key, res in inproc.items():
+        for res in inproc.values():
             label = f"page_size={res['page_size']}"
             for mode, era in (("legacy", "2025-11-25"), ("auto", "2026-07-28")):
                 v = res[mode]["server_side_ms"]
-                add(f"server-side tools/list 10,010 tools, {label}, {era}",
+                add(f"server-side tools/list {res['tools']:,} tools, {label}, {era}",
                     f"{v:.1f} ms, GC {res[mode]['server_side_gc_ms']:.1f} ({res[mode]['pages']} page(s); "
                     f"client rt {res[mode]['client_total_ms']:.0f} ms)",
                     f"<= {TARGET_SERVER_LIST_MS:.0f} ms", v <= TARGET_SERVER_LIST_MS)
@@ -1141,9 +1265,13 @@ def report(ctx: Ctx) -> list[tuple[str, str, str, str]]:
             add(f"launch -> initialize answered, {k}", f"{v['median_s'] * 1000:.0f} ms (max {v['max_s'] * 1000:.0f})",
                 f"<= {TARGET_STARTUP_S * 1000:.0f} ms" if target else "-",
                 v["median_s"] <= TARGET_STARTUP_S if target else None)
-        add("10 stdio upstreams: full catalog via stdio tools/list", f"{st['catalog_10_stdio']['median_s']:.2f} s")
+        add(f"10 stdio upstreams: full catalog ({10 * kit_base_tools()} tools) via stdio tools/list",
+            f"{st['catalog_10_stdio']['median_s']:.2f} s")
         add("10 stdio upstreams: /readyz upstreams_up == 10 (http)", f"{st['catalog_10_http']['median_s']:.2f} s")
+        add("10 stdio upstreams up: stdin EOF -> gateway exited", f"{st['catalog_10_stdio']['exit_median_s']:.2f} s")
 
+    for name, err in r.get("errors", {}).items():
+        rows.append((f"section {name}", err.strip().splitlines()[-1][:100], "runs", "ERROR"))
     for label in sorted(set(RSS.peak) | set(RSS.hwm)):
         peak = RSS.peak.get(label, 0) / 2**20
         hwm = RSS.hwm.get(label, 0) / 2**20
@@ -1170,6 +1298,19 @@ def print_table(rows: list[tuple[str, str, str, str]]) -> None:
 SECTIONS = ("calls", "list", "inprocess", "startup")
 
 
+def source_state() -> str:
+    """The commit measured, and whether mcpgw/ or tests/upstreams/ had uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "mcpgw", "tests/upstreams"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head or 'unknown'}{' + uncommitted changes in mcpgw/ or tests/upstreams/' if dirty else ''}" + (
+        " (measured from a copy taken at start)" if "--no-snapshot" not in sys.argv else "")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer calls and repeats (< 1 minute)")
@@ -1178,18 +1319,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="client mode for the bench client (auto negotiates 2026-07-28 with these servers)")
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--calls", type=int, help="measured sequential calls per path (default 2000, quick 300)")
-    p.add_argument("--no-profile", dest="profile", action="store_false",
-                   help="skip the cProfile / -X importtime breakdowns")
+    p.add_argument("--profile", dest="profile", action="store_true", default=None,
+                   help="run the profiles (pyinstrument on the gateway, cProfile on tools/list, -X importtime); "
+                        "default: on for a full run, off with --quick")
+    p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profiles")
+    p.add_argument("--no-snapshot", dest="snapshot", action="store_false",
+                   help="use mcpgw/ and tests/upstreams/ from the work tree live instead of a copy taken at start")
     a = p.parse_args(argv)
     quick = a.quick
-    a.calls = a.calls or (300 if quick else 2000)
-    a.warmup = 50 if quick else 200
-    a.tp_seconds = 0.5 if quick else 1.5
+    a.calls = a.calls or (200 if quick else 2000)
+    a.warmup = 30 if quick else 200
+    a.tp_seconds = 0.4 if quick else 1.5
     a.tp_max_calls = 100_000
-    a.repeats = 2 if quick else 3
+    a.repeats = 1 if quick else 3
+    if a.profile is None:
+        a.profile = not quick
     a.list_reps = 3 if quick else 10
-    a.inproc_reps = 3 if quick else 10
-    a.startup_reps = 2 if quick else 5
+    a.inproc_reps = 2 if quick else 10
+    a.startup_reps = 1 if quick else 5
     a.catalog_reps = 1 if quick else 3
     a.sections = [s.strip() for s in a.only.split(",") if s.strip()]
     unknown = set(a.sections) - set(SECTIONS)
@@ -1198,13 +1345,62 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+def _busy_cpu_s() -> tuple[float, float]:
+    """(CPU seconds the whole machine was busy, CPU seconds spent by this harness and its processes)."""
+    machine = psutil.cpu_times()
+    busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+    t = os.times()
+    ours = t.user + t.system + t.children_user + t.children_system  # + waited-for descendants
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for kid in psutil.Process().children(recursive=True):  # + live descendants so far
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                c = kid.cpu_times()
+                ours += c.user + c.system
+    return busy, ours
+
+
+class Interference:
+    """How much CPU *other* processes used while a section ran (a noise indicator on 2 cores)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.busy0, self.ours0 = _busy_cpu_s()
+
+    def done(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.t0
+        busy, ours = _busy_cpu_s()
+        foreign = max(0.0, (busy - self.busy0) - (ours - self.ours0))
+        return {"wall_s": wall, "foreign_cpu_s": foreign,
+                "foreign_share": foreign / (wall * (psutil.cpu_count() or 1)) if wall else 0.0}
+
+
+def section_done(ctx: Ctx, name: str, watch: Interference) -> None:
+    info = watch.done()
+    ctx.results.setdefault("section_seconds", {})[name] = info["wall_s"]
+    ctx.results.setdefault("interference", {})[name] = info
+    note = " - NOISY" if info["foreign_share"] > 0.10 else ""
+    print(f"  -- {name}: {info['wall_s']:.0f} s (other processes used {info['foreign_share']:.0%} of the "
+          f"machine meanwhile{note})", flush=True)
+
+
+def section_failed(ctx: Ctx, name: str, exc: BaseException) -> None:
+    """A failing section is reported and the run goes on with the next one."""
+    import traceback
+
+    ctx.results.setdefault("errors", {})[name] = "".join(traceback.format_exception(exc))
+    print(f"  !! section {name} failed: {type(exc).__name__}: {exc}", flush=True)
+    traceback.print_exception(exc, file=sys.stderr)
+
+
 async def run_async(ctx: Ctx) -> None:
-    if "calls" in ctx.args.sections:
-        await section_calls(ctx)
-    if "list" in ctx.args.sections:
-        await section_list(ctx)
-    if "inprocess" in ctx.args.sections:
-        await section_inprocess(ctx)
+    for name, fn in (("calls", section_calls), ("list", section_list), ("inprocess", section_inprocess)):
+        if name in ctx.args.sections:
+            watch = Interference()
+            try:
+                await fn(ctx)
+            except Exception as exc:  # one broken section must not lose the others' numbers
+                section_failed(ctx, name, exc)
+            section_done(ctx, name, watch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1216,24 +1412,49 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     atexit.register(REAPER.sweep)
     RSS.start()
+    git = source_state()
+    busy_before = psutil.cpu_percent(interval=1.0)
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     print(f"mcpgw gateway bench: python {platform.python_version()}, {psutil.cpu_count()} CPU(s), "
-          f"{'quick' if args.quick else 'full'} run, sections {','.join(args.sections)}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="mcpgw-bench-") as tmp:
-        ctx = Ctx(args, Path(tmp))
-        try:
-            anyio.run(run_async, ctx)
-            if "startup" in args.sections:
+          f"{'quick' if args.quick else 'full'} run, sections {','.join(args.sections)}; machine busy "
+          f"{busy_before:.0f}% before start, load average {load_before[0]:.2f}; source {git}", flush=True)
+    if busy_before > 15:
+        print("WARNING: something else is using the CPU; numbers will be noisy (2-core machine)", flush=True)
+    tmp = tempfile.mkdtemp(prefix="mcpgw-bench-")
+    ctx = Ctx(args, Path(tmp))
+    completed = False
+    try:
+        if args.snapshot:
+            snapshot_sources(Path(tmp))
+        anyio.run(run_async, ctx)
+        if "startup" in args.sections:
+            watch = Interference()
+            try:
                 section_startup(ctx)
-        finally:
-            RSS.stopped.set()
-            leftovers = REAPER.sweep()
-            if leftovers:
-                print(f"(cleaned up {leftovers} leftover process(es))", flush=True)
+            except Exception as exc:
+                section_failed(ctx, "startup", exc)
+            section_done(ctx, "startup", watch)
+        completed = True
+    finally:
+        RSS.stopped.set()
+        leftovers = REAPER.sweep()
+        if leftovers:
+            print(f"(cleaned up {leftovers} leftover process(es))", flush=True)
+        if ctx.results.get("errors") or not completed:
+            print(f"(logs of every process kept in {tmp})", flush=True)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     elapsed = time.perf_counter() - t0
 
     rows = report(ctx)
-    print(f"\n=== results (mode={args.mode}, {'quick' if args.quick else 'full'}, {elapsed:.0f} s) ===")
+    load_after = os.getloadavg()
+    ctx.results["source"] = git
+    ctx.results["machine"] = {"busy_percent_before": busy_before, "loadavg_before": load_before,
+                              "loadavg_after": load_after, "cpus": psutil.cpu_count()}
+    noise = ", ".join(f"{k} {v['foreign_share']:.0%}" for k, v in ctx.results.get("interference", {}).items())
+    print(f"\n=== results (mode={args.mode}, {'quick' if args.quick else 'full'}, {elapsed:.0f} s; CPU used by "
+          f"other processes during each section: {noise or 'n/a'}; source {git}) ===")
     print_table(rows)
     gprof = ctx.results.get("calls", {}).get("b_gateway_stdio_profile") or {}
     if gprof.get("top_self"):
@@ -1249,7 +1470,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("  " + row)
     prof = ctx.results.get("startup", {}).get("import_profile_mcpgw_cli")
     if prof:
-        print("\n-X importtime, `import mcpgw.cli, mcpgw.front.stdio` (heaviest, depth <= 3):")
+        print("\n-X importtime, `import mcpgw.cli, mcpgw.front.stdio` (one run; heaviest modules by self time):")
         for row in prof:
             print("  " + row)
     if args.json:
@@ -1260,7 +1481,7 @@ def main(argv: list[str] | None = None) -> int:
                                          for r in rows]}
         args.json.write_text(json.dumps(ctx.results, indent=2, default=str))
         print(f"\nwrote {args.json}")
-    return 0
+    return 1 if ctx.results.get("errors") else 0
 
 
 if __name__ == "__main__":
