@@ -7,6 +7,7 @@ tools were withheld); 2 the config itself is invalid or the command line is wron
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -49,9 +50,22 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                         choices=["debug", "info", "warning", "error"])
 
 
+def _tune_gc() -> None:
+    """Fewer, cheaper garbage collections for a long-running server.
+
+    Everything imported so far (the SDK's thousands of pydantic classes) is moved out of the
+    collector's sight, and young collections run less often: a 10,000-tool listing otherwise
+    spends more time in the cyclic collector than in building the answer (see bench/).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
     gateway = Gateway(config)
+    _tune_gc()
     if args.transport == "stdio":
         from mcpgw.front.stdio import serve_stdio
 

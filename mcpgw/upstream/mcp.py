@@ -9,6 +9,7 @@ error that names it. Calls are never retried here: a tools/call may have side ef
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -21,7 +22,6 @@ from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.abc
-import anyio.to_thread
 import httpx2
 import mcp.types as t
 from mcp import Client, MCPError, StdioServerParameters, stdio_client
@@ -278,28 +278,38 @@ class McpUpstream:
         """The child's stderr goes to our log, line by line, prefixed with the upstream's name.
 
         It also keeps the last lines, so a server that dies at start-up is reported with
-        its own last words rather than a bare "connection closed".
+        its own last words rather than a bare "connection closed". The pipe is read by the event
+        loop, not a worker thread: one blocked thread per upstream would exhaust anyio's shared
+        thread pool (40) and stall everything else that uses it, the stdio front included.
         """
         read_fd, write_fd = os.pipe()
-        reader = os.fdopen(read_fd, "r", encoding="utf-8", errors="replace")
         writer = os.fdopen(write_fd, "w")
         child_log = logging.getLogger(f"mcpgw.upstream.{self.name}")
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1024 * 1024)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
+        )
 
-        def pump() -> None:
-            for line in reader:
-                line = line.rstrip()
-                if line:
-                    self.state.stderr_tail.append(line[:500])
-                    child_log.info("%s", line)
+        async def pump() -> None:
+            with contextlib.suppress(ValueError, ConnectionError):  # over-long line, or the pipe closed
+                while raw := await reader.readline():
+                    line = raw.decode("utf-8", errors="replace").rstrip()
+                    if line:
+                        self.state.stderr_tail.append(line[:500])
+                        child_log.info("%s", line)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(lambda: anyio.to_thread.run_sync(pump, abandon_on_cancel=True))
-            try:
-                yield writer
-            finally:
-                writer.close()  # the child holds its own copy; EOF comes when it exits
-                # The pump ends at EOF, once the child (and its children) closed stderr.
-                tg.cancel_scope.deadline = anyio.current_time() + 2.0
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pump)
+                try:
+                    yield writer
+                finally:
+                    writer.close()  # the child holds its own copy; EOF comes when it exits
+                    # The pump ends at EOF, once the child (and its children) closed stderr.
+                    tg.cancel_scope.deadline = anyio.current_time() + 2.0
+        finally:
+            transport.close()
 
     def _warn(self, message: str) -> None:
         if message not in self.state.warnings:
