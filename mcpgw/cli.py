@@ -33,6 +33,9 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    # watchfiles logs every change it sees: with the log file beside servers.toml that would be a
+    # feedback loop (each log line is a change), so it is kept to warnings whatever the level.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
     for noisy in ("httpx", "httpx2", "mcp", "uvicorn.error", "sse_starlette"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 

@@ -241,8 +241,13 @@ class Gateway:
         source = self.config.source
         assert source is not None
         target = source.resolve()
-        # Watch the directory: editors replace files (write a temp file, rename it over).
-        async for changes in watchfiles.awatch(target.parent, debounce=200, recursive=False):
+        # Watch the directory: editors replace files (write a temp file, rename it over). Only the
+        # config file passes the filter: a log file written beside it must not feed the watcher.
+        def is_config(change: watchfiles.Change, path: str) -> bool:
+            return path == str(target)
+
+        async for changes in watchfiles.awatch(target.parent, watch_filter=is_config, debounce=200,
+                                               recursive=False):
             # awatch reports absolute paths of the watched (resolved) directory's entries.
             if any(path == str(target) for change, path in changes if change is not watchfiles.Change.deleted):
                 await self.reload_from_file()

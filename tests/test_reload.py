@@ -95,3 +95,31 @@ async def test_sighup_reloads_and_changed_servers_restart(tmp_path: Path) -> Non
         await wait_until(lambda: _has(agent, "a__t00000"), timeout=15)
         assert (await agent.call_tool("a__pid", {})).structured_content != pid
         assert "SIGHUP: reloading" in gateway.text and "restarted a" in gateway.text
+
+
+def test_a_log_file_beside_the_config_does_not_feed_the_watcher(tmp_path: Path) -> None:
+    """The gateway's own log in the config's directory must not count as a config change."""
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import ROOT
+
+    config = write_config(tmp_path, stdio_server_toml("a", KIT, "--name", "a"), gateway=GATEWAY)
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "mcpgw", "serve", "--config", str(config), "--transport",
+                                 "http", "--port", "0", "--log-level", "debug"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file)
+        try:
+            deadline = time.monotonic() + 30
+            while "upstream a up" not in log_path.read_text():
+                assert time.monotonic() < deadline, log_path.read_text()[-2000:]
+                time.sleep(0.1)
+            size = log_path.stat().st_size
+            time.sleep(3)  # idle: nothing should be written (a feedback loop writes many lines a second)
+            grown = log_path.read_text()[size:]
+        finally:
+            proc.terminate()
+            proc.wait(20)
+    assert "change" not in grown and "reloaded" not in grown, grown[-2000:]
