@@ -378,11 +378,11 @@ class GatewayHttp:
 _SERVING = re.compile(rb"serving MCP at (http://127\.0\.0\.1:(\d+))/mcp")
 
 
-def spawn_gateway_http(config: Path, log: Path, timeout: float = 30.0) -> GatewayHttp:
+def spawn_gateway_http(config: Path, log: Path, timeout: float = 30.0, argv: list[str] | None = None) -> GatewayHttp:
     with open(log, "wb") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(gateway_argv(config, "http"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, start_new_session=True, env=child_env())
+        proc = subprocess.Popen(argv or gateway_argv(config, "http"), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, env=child_env())
     REAPER.track(proc.pid)
     try:
         deadline = time.monotonic() + timeout
@@ -622,7 +622,8 @@ async def section_calls(ctx: Ctx) -> None:
             stop_popen(gw_http.proc)
         stop_popen(kit.proc)
     if ctx.args.profile:
-        res["b_gateway_stdio_profile"] = await profile_gateway_calls(ctx)
+        res["b_gateway_stdio_profile"] = await profile_gateway_calls(ctx, "stdio")
+        res["d_gateway_http_profile"] = await profile_gateway_calls(ctx, "http")
 
 
 def _bucket(filename: str, name: str) -> str:
@@ -637,6 +638,12 @@ def _bucket(filename: str, name: str) -> str:
         return "start-up (imports)"
     if "/mcpgw/" in filename:
         return "mcpgw"
+    if "site-packages/h11" in filename:
+        return "h11 (HTTP/1.1 parsing, both sides)"
+    if any(f"site-packages/{pkg}" in filename for pkg in ("uvicorn", "starlette", "sse_starlette", "httptools")):
+        return "HTTP server (uvicorn/starlette)"
+    if any(f"site-packages/{pkg}" in filename for pkg in ("httpx", "httpcore")):
+        return "HTTP client (httpx2)"
     if "site-packages/mcp/" in filename or "site-packages/mcp_types/" in filename:
         return "mcp SDK"
     if "pydantic" in filename:
@@ -646,31 +653,51 @@ def _bucket(filename: str, name: str) -> str:
     return "other"
 
 
-async def profile_gateway_calls(ctx: Ctx) -> dict[str, Any]:
-    """Run path (b) once more with the gateway under pyinstrument (sampling, main thread) at c=8 and
-    say where its busy time goes. Skipped when pyinstrument is not installed."""
+async def profile_gateway_calls(ctx: Ctx, transport: str) -> dict[str, Any]:
+    """Run path b (stdio) or d (http) once more with the gateway under pyinstrument (sampling its
+    main thread during the load window only) at c=8, and say where its busy time goes. Skipped
+    when pyinstrument is not installed."""
     import importlib.util
 
     if importlib.util.find_spec("pyinstrument") is None:
         print("  (pyinstrument not installed: gateway profile skipped; `.venv/bin/pip install pyinstrument`)")
         return {"skipped": "pyinstrument not installed"}
-    out_file = ctx.tmp / "gateway-calls.pstats"
-    cfg = write_config(ctx.tmp / "gw-prof.toml", {"kit": kit_stdio_spec()})
-    argv = [PY, str(Path(__file__).with_name("_profiled_gateway.py")), str(out_file), "serve", "--config", str(cfg)]
-    async with stdio_session(ctx, argv, "gw-prof.err") as c:
-        gw = find_child(str(cfg))
-        if gw is None:
-            return {"skipped": "gateway process not found"}
-        REAPER.snapshot_tree(gw.pid)
+    out_file = ctx.tmp / f"gateway-calls-{transport}.pstats"
+    launcher = [PY, str(Path(__file__).with_name("_profiled_gateway.py")), str(out_file)]
+
+    async def load(c: Client, pid: int) -> dict[str, Any]:
         for _ in range(ctx.args.warmup):
             await call_ok(c, "kit__echo")
-        os.kill(gw.pid, signal.SIGUSR1)  # sample the load window only
+        os.kill(pid, signal.SIGUSR1)  # sample the load window only
         r = await measure_throughput(c, "kit__echo", 8, ctx.args.tp_max_calls, ctx.args.tp_seconds * 2)
-        os.kill(gw.pid, signal.SIGUSR2)
+        os.kill(pid, signal.SIGUSR2)
         for _ in range(200):
             if out_file.exists():
                 break
             await anyio.sleep(0.05)
+        return r
+
+    if transport == "stdio":
+        cfg = write_config(ctx.tmp / "gw-prof.toml", {"kit": kit_stdio_spec()})
+        async with stdio_session(ctx, [*launcher, "serve", "--config", str(cfg)], "gw-prof.err") as c:
+            gw = find_child(str(cfg))
+            if gw is None:
+                return {"skipped": "gateway process not found"}
+            REAPER.snapshot_tree(gw.pid)
+            r = await load(c, gw.pid)
+    else:
+        kit = spawn_kit_http()
+        try:
+            cfg = write_config(ctx.tmp / "gw-prof-http.toml", {"kit": {"kind": "http", "url": kit.url}})
+            argv = [*launcher, "serve", "--config", str(cfg), "--transport", "http", "--host", HOST, "--port", "0"]
+            gw_http = spawn_gateway_http(cfg, ctx.tmp / "gw-prof-http.err", argv=argv)
+            try:
+                async with http_session(ctx, gw_http.url) as c:
+                    r = await load(c, gw_http.proc.pid)
+            finally:
+                stop_popen(gw_http.proc)
+        finally:
+            stop_popen(kit.proc)
     if not out_file.exists():
         return {"skipped": "no profile written"}
     stats = pstats.Stats(str(out_file))
@@ -692,7 +719,7 @@ async def profile_gateway_calls(ctx: Ctx) -> dict[str, Any]:
         "idle_s": buckets.get("idle (waiting in epoll)", 0.0),
         "top_self": [f"{tt * 1000 / r['calls']:6.3f} ms/call  {name}" for tt, name in funcs[:12]],
     }
-    print("      gateway profile (pyinstrument, c=8, main thread busy time): " + ", ".join(
+    print(f"      gateway profile, {transport} (pyinstrument, c=8, main thread busy time): " + ", ".join(
         f"{k} {v:.0%}" for k, v in result["busy_share"].items()), flush=True)
     return result
 
@@ -803,7 +830,36 @@ class GcClock:
         gc.callbacks.remove(self)
 
 
-async def inprocess_one(ctx: Ctx, n_extra: int, page_size: int | None) -> dict[str, Any]:
+@contextlib.contextmanager
+def cli_gc_policy(enabled: bool) -> Any:
+    """Apply the garbage-collector settings `mcpgw serve` applies (if this mcpgw has any), then
+    restore ours. Importing Gateway/build_server directly skips them, and they matter here."""
+    import mcpgw.cli
+
+    tune = getattr(mcpgw.cli, "_tune_gc", None)  # private; absent in older versions
+    if not enabled or tune is None:
+        yield tune is not None
+        return
+    old = gc.get_threshold()
+    tune()
+    try:
+        yield True
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*old)
+
+
+async def inprocess_one(ctx: Ctx, n_extra: int, page_size: int | None, *, cli_gc: bool = False,
+                        detail: bool = True) -> dict[str, Any]:
+    with cli_gc_policy(cli_gc) as applied:
+        if cli_gc and not applied:
+            return {"skipped": "this mcpgw has no cli._tune_gc"}
+        out = await _inprocess_one(ctx, n_extra, page_size, detail)
+        out["gc_policy"] = "mcpgw serve's (cli._tune_gc)" if cli_gc else "Python default"
+        return out
+
+
+async def _inprocess_one(ctx: Ctx, n_extra: int, page_size: int | None, detail: bool) -> dict[str, Any]:
     from mcp.types.version import LATEST_MODERN_VERSION  # type: ignore[attr-defined]
     from mcp_types import methods as wire_methods
 
@@ -816,7 +872,8 @@ async def inprocess_one(ctx: Ctx, n_extra: int, page_size: int | None) -> dict[s
         raise RuntimeError(f"imported mcpgw from {mcpgw.__file__}, not from the snapshot {SRC}")
 
     settings = {"page_size": page_size} if page_size else {}
-    cfg = write_config(ctx.tmp / f"inproc-{n_extra}-{page_size}.toml", {"kit": kit_stdio_spec(n_extra)}, settings)
+    cfg = write_config(ctx.tmp / f"inproc-{n_extra}-{page_size}-{detail}.toml", {"kit": kit_stdio_spec(n_extra)},
+                       settings)
     config = load_config(cfg)
     gateway = Gateway(config)
     server, _notifier = build_server(gateway)
@@ -867,6 +924,8 @@ async def inprocess_one(ctx: Ctx, n_extra: int, page_size: int | None) -> dict[s
                                      "client_total_ms": med(client_ms), "server_side_ms": med(srv_ms),
                                      "server_side_gc_ms": med(srv_gc_ms), "server_side_runs_ms": srv_ms}
 
+                if not detail:
+                    return out
                 # Handler alone, then each serialization step, on a full listing (all pages).
                 entry = server.get_request_handler("tools/list")
                 rctx, _ = captured.get("2025-11-25") or next(iter(captured.values()))
@@ -941,16 +1000,24 @@ async def section_inprocess(ctx: Ctx) -> None:
           flush=True)
     res: dict[str, Any] = {}
     ctx.results["inprocess"] = res
-    variants = (("page_100000", 100000),) if ctx.args.quick else (("default_page", None), ("page_100000", 100000))
-    for key, page_size in variants:
-        r = await inprocess_one(ctx, 10_000, page_size)
+    variants: list[tuple[str, int | None, bool]] = [("page_100000", 100000, False),
+                                                    ("page_100000_cli_gc", 100000, True)]
+    if not ctx.args.quick:
+        variants = [("default_page", None, False), ("default_page_cli_gc", None, True), *variants]
+    for key, page_size, cli_gc in variants:
+        r = await inprocess_one(ctx, 10_000, page_size, cli_gc=cli_gc, detail=not cli_gc)
         res[key] = r
-        print(f"  page_size={r['page_size']:<6} server-side legacy {r['legacy']['server_side_ms']:6.1f} ms "
-              f"(GC {r['legacy']['server_side_gc_ms']:.1f}), modern {r['auto']['server_side_ms']:6.1f} ms "
-              f"(GC {r['auto']['server_side_gc_ms']:.1f}) ({r['legacy']['pages']} page(s)) | client round trip "
-              f"legacy {r['legacy']['client_total_ms']:6.1f} ms, modern {r['auto']['client_total_ms']:6.1f} ms",
-              flush=True)
+        if "skipped" in r:
+            print(f"  {key}: skipped ({r['skipped']})", flush=True)
+            continue
+        print(f"  page_size={r['page_size']:<6} GC {'as mcpgw serve' if cli_gc else 'Python default'}: server-side "
+              f"legacy {r['legacy']['server_side_ms']:6.1f} ms (GC {r['legacy']['server_side_gc_ms']:.1f}), modern "
+              f"{r['auto']['server_side_ms']:6.1f} ms (GC {r['auto']['server_side_gc_ms']:.1f}) "
+              f"({r['legacy']['pages']} page(s)) | client round trip legacy {r['legacy']['client_total_ms']:6.1f} ms, "
+              f"modern {r['auto']['client_total_ms']:6.1f} ms", flush=True)
         for key2, gc_label in (("breakdown_ms", "GC on "), ("breakdown_ms_gc_off", "GC off")):
+            if key2 not in r:
+                continue
             b = r[key2]
             print(f"      breakdown ({gc_label}): handler {b['handler']:.1f} ms, model_dump {b['model_dump']:.1f} ms, "
                   f"surface validate+dump legacy {b['surface_legacy']:.1f} / modern {b['surface_modern']:.1f} ms, "
@@ -1223,10 +1290,11 @@ def report(ctx: Ctx) -> list[tuple[str, str, str, str]]:
             if key in calls:
                 cpu = calls[key]["throughput"][8].get("cpu_ms_per_call", {})
                 add(f"CPU ms per call at c=8, {key[0]}", "  ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
-        prof = calls.get("b_gateway_stdio_profile") or {}
-        if prof.get("busy_share"):
-            add("gateway busy time at c=8 (pyinstrument), b",
-                ", ".join(f"{k} {v:.0%}" for k, v in prof["busy_share"].items()))
+        for key, path in (("b_gateway_stdio_profile", "b"), ("d_gateway_http_profile", "d")):
+            prof = calls.get(key) or {}
+            if prof.get("busy_share"):
+                add(f"gateway busy time at c=8 (pyinstrument), {path}",
+                    ", ".join(f"{k} {v:.0%}" for k, v in prof["busy_share"].items()))
 
     lst = r.get("list")
     if lst:
@@ -1245,7 +1313,9 @@ def report(ctx: Ctx) -> list[tuple[str, str, str, str]]:
     inproc = r.get("inprocess")
     if inproc:
         for res in inproc.values():
-            label = f"page_size={res['page_size']}"
+            if "skipped" in res:
+                continue
+            label = f"page_size={res['page_size']}" + (", GC as serve" if "serve" in res["gc_policy"] else "")
             for mode, era in (("legacy", "2025-11-25"), ("auto", "2026-07-28")):
                 v = res[mode]["server_side_ms"]
                 add(f"server-side tools/list {res['tools']:,} tools, {label}, {era}",
@@ -1466,12 +1536,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n=== results (mode={args.mode}, {'quick' if args.quick else 'full'}, {elapsed:.0f} s; CPU used by "
           f"other processes during each section: {noise or 'n/a'}; source {git}) ===")
     print_table(rows)
-    gprof = ctx.results.get("calls", {}).get("b_gateway_stdio_profile") or {}
-    if gprof.get("top_self"):
-        print(f"\npyinstrument, gateway process (path b) at c=8, {gprof['calls']} calls "
-              f"({gprof['calls_per_s_under_profiler']:.0f} calls/s under the profiler), top self time per call:")
-        for row in gprof["top_self"]:
-            print("  " + row)
+    for key, path in (("b_gateway_stdio_profile", "b, stdio"), ("d_gateway_http_profile", "d, HTTP")):
+        gprof = ctx.results.get("calls", {}).get(key) or {}
+        if gprof.get("top_self"):
+            print(f"\npyinstrument, gateway process (path {path}) at c=8, {gprof['calls']} calls "
+                  f"({gprof['calls_per_s_under_profiler']:.0f} calls/s under the profiler), top self time per call:")
+            for row in gprof["top_self"]:
+                print("  " + row)
     inproc = ctx.results.get("inprocess", {})
     for key, res in inproc.items():
         if res.get("profile_top"):
