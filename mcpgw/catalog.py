@@ -23,7 +23,7 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
@@ -113,7 +113,6 @@ class _Index(Generic[Item]):
     """One kind's merged index."""
 
     kind: Kind
-    key: Callable[[Item], str]
     per_upstream: dict[str, dict[str, Entry[Item]]] = field(default_factory=dict)
     merged: dict[str, Entry[Item]] = field(default_factory=dict)
     items: tuple[Item, ...] = ()
@@ -152,10 +151,10 @@ class Catalog:
         enabled = [n for n, s in config.servers.items() if s.enabled]
         self._by_prefix = {config.prefix_of(n): n for n in enabled if config.prefix_of(n)}
         self._unprefixed = [n for n in enabled if not config.prefix_of(n)]
-        self.tools_index: _Index[t.Tool] = _Index(Kind.TOOL, lambda x: x.name)
-        self.prompts_index: _Index[t.Prompt] = _Index(Kind.PROMPT, lambda x: x.name)
-        self.resources_index: _Index[t.Resource] = _Index(Kind.RESOURCE, lambda x: str(x.uri))
-        self.templates_index: _Index[t.ResourceTemplate] = _Index(Kind.TEMPLATE, lambda x: x.uri_template)
+        self.tools_index: _Index[t.Tool] = _Index(Kind.TOOL)
+        self.prompts_index: _Index[t.Prompt] = _Index(Kind.PROMPT)
+        self.resources_index: _Index[t.Resource] = _Index(Kind.RESOURCE)
+        self.templates_index: _Index[t.ResourceTemplate] = _Index(Kind.TEMPLATE)
         self._templates: dict[str, list[tuple[UriTemplate, Entry[t.ResourceTemplate]]]] = {}
         self._own_problems: dict[str, list[str]] = {}
         self.problems: dict[str, list[str]] = {}
@@ -268,9 +267,6 @@ class Catalog:
         """The upstream that served `exported` (a tool or prompt name) before it went down, if any."""
         return self.tools_index.remembered.get(exported) or self.prompts_index.remembered.get(exported)
 
-    def upstream_for_prefix(self, prefix: str) -> str | None:
-        return self._by_prefix.get(prefix)
-
     def input_schema(self, exported: str) -> dict[str, object] | None:
         entry = self.tools_index.merged.get(exported)
         return entry.item.input_schema if entry else None
@@ -290,9 +286,6 @@ class Catalog:
     @property
     def templates(self) -> tuple[t.ResourceTemplate, ...]:
         return self.templates_index.items
-
-    def tools_of(self, upstream: str) -> list[Entry[t.Tool]]:
-        return [e for e in self.tools_index.merged.values() if e.upstream == upstream]
 
     def counts_of(self, upstream: str) -> dict[str, int]:
         return {

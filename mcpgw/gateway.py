@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
@@ -49,7 +48,6 @@ class Gateway:
         self.upstreams: dict[str, McpUpstream] = {}
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._install(config, reuse={})
-        self.started_at: float | None = None
         self._startup_deadline: float | None = None
         self.running = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
@@ -132,7 +130,6 @@ class Gateway:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Supervise every upstream until cancelled. `started` fires before any has connected."""
-        self.started_at = time.monotonic()
         self._startup_deadline = anyio.current_time() + self.config.gateway.startup_wait
         names = ", ".join(self.upstreams) or "none"
         log.info("starting %d upstream(s): %s", len(self.upstreams), names)

@@ -151,33 +151,37 @@ class ParkingAsker:
 class Parking:
     """The parked calls of one gateway, keyed by the token the agent echoes back."""
 
-    def __init__(self, spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], None], answer_timeout: float) -> None:
+    def __init__(
+        self, spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], None], answer_timeout: Callable[[], float]
+    ) -> None:
         self._spawn = spawn
-        self._timeout = answer_timeout
+        self._answer_timeout = answer_timeout
+        """Read at use time: a config reload may change it."""
         self._calls: dict[str, ParkedCall] = {}
 
     def start(
         self, ctx: ServerRequestContext[Any], client: str | None, run: Callable[[ParkingAsker], Awaitable[Any]]
     ) -> ParkedCall:
         self._expire()
+        timeout = self._answer_timeout()
         send, receive = anyio.create_memory_object_stream[tuple[Any, ...]](16)
         call = ParkedCall(
             token=PARKED_PREFIX + secrets.token_urlsafe(24),
             agent=agent_key(ctx),
             client_caps=ctx.session.client_capabilities,
             client=client,
-            deadline=time.monotonic() + self._timeout,
+            deadline=time.monotonic() + timeout,
             send=send,
             receive=receive,
         )
-        asker = ParkingAsker(call, self._timeout)
+        asker = ParkingAsker(call, timeout)
 
         async def body() -> None:
             try:
                 outcome: tuple[Any, ...] = ("done", await run(asker))
             except Exception as exc:  # boundary: the outcome is delivered to whoever resumes the call
                 outcome = ("error", exc)
-            with anyio.move_on_after(self._timeout):
+            with anyio.move_on_after(timeout):
                 await send.send(outcome)
 
         self._calls[call.token] = call
@@ -196,9 +200,10 @@ class Parking:
                 slot.done.set()
         return call
 
-    async def next_outcome(self, call: ParkedCall, timeout: float) -> Any:
+    async def next_outcome(self, call: ParkedCall) -> Any:
         """The call's result, or an input-required result for the questions it is waiting on."""
-        with anyio.fail_after(timeout):
+        timeout = self._answer_timeout()
+        with anyio.fail_after(timeout + 5):  # the upstream call's own timeout fires first
             event = await call.receive.receive()
         if event[0] == "done":
             self._calls.pop(call.token, None)
@@ -217,7 +222,7 @@ class Parking:
                 await call.send.send(more)
                 break
             requests[more[1]] = more[2]
-        call.deadline = time.monotonic() + self._timeout
+        call.deadline = time.monotonic() + timeout
         return t.InputRequiredResult(input_requests=requests, request_state=call.token)
 
     def _expire(self) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import anyio
@@ -111,28 +113,26 @@ class Notifier:
         for event in events:
             await self.bus.publish(event)
         for key, session in list(self.legacy.items()):
-            await self._bounded(key, [getattr(session, sender)() for sender in senders])
+            await self.send(key, *(getattr(session, sender) for sender in senders))
 
     async def upstream_log(self, upstream: str, params: t.LoggingMessageNotificationParams) -> None:
         rank = LEVELS.index(params.level)
         logger = f"{upstream}.{params.logger}" if params.logger else upstream
         for key, session in list(self.legacy.items()):
             if rank >= LEVELS.index(self.levels.get(key, DEFAULT_AGENT_LOG_LEVEL)):
-                await self._bounded(key, [session.send_log_message(params.level, params.data, logger=logger)])
+                await self.send(key, partial(session.send_log_message, params.level, params.data, logger=logger))
 
-    async def _bounded(self, key: object, sends: list[Any]) -> None:
-        # Bounded: an agent that stopped reading must not stall the upstream that changed.
+    async def send(self, key: object, *sends: Callable[[], Awaitable[None]]) -> None:
+        """Run `sends` to one agent, bounded: an agent that stopped reading must not stall the
+        upstream whose change is being announced; a dead session is dropped."""
         with anyio.move_on_after(NOTIFY_TIMEOUT) as scope:
             try:
                 for send in sends:
-                    await send
+                    await send()
             except Exception:  # boundary: a dead session is dropped, not fatal
                 self._forget(key)
         if scope.cancelled_caught:
             log.warning("an agent did not accept a notification within %gs; skipped", NOTIFY_TIMEOUT)
-        for send in sends:  # close what was not awaited (timeout or error)
-            with contextlib.suppress(Exception):
-                send.close()
 
 
 _PROTOCOL_META = "io.modelcontextprotocol/"
@@ -172,8 +172,10 @@ def _error_result(message: str, reason: str) -> t.CallToolResult:
 
 
 def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple[GatewayServer, Notifier]:
-    """The MCP server for `gateway`, plus the notifier the gateway uses to announce changes."""
-    settings = gateway.config.gateway
+    """The MCP server for `gateway`, plus the notifier the gateway uses to announce changes.
+
+    Settings are read from `gateway.config` at use time, never captured: a reload swaps it.
+    """
     notifier = Notifier()
     gateway.on_catalog_changed(notifier.changed)
 
@@ -184,11 +186,9 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
             raise MCPError(exc.code, exc.message) from None
 
     async def listing(ctx: ServerRequestContext[Any], kind: StepKind, params: t.PaginatedRequestParams | None) -> Any:
-        if not gateway.settled:
-            await gateway.wait_settled()
         items = await run(Step(kind, _caller(ctx, default_transport)))
         try:
-            return paginate(items, params.cursor if params else None, settings.page_size)
+            return paginate(items, params.cursor if params else None, gateway.config.gateway.page_size)
         except InvalidCursor as exc:
             raise MCPError(INVALID_PARAMS, str(exc)) from None
 
@@ -214,7 +214,7 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
         page, next_cursor = await listing(ctx, StepKind.TEMPLATE_LIST, params)
         return t.ListResourceTemplatesResult(resource_templates=page, next_cursor=next_cursor)
 
-    parking = Parking(gateway.spawn, settings.call_timeout)
+    parking = Parking(gateway.spawn, lambda: gateway.config.gateway.call_timeout)
 
     async def call_tool(
         ctx: ServerRequestContext[Any], params: t.CallToolRequestParams
@@ -248,12 +248,12 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
                 call = parking.resume(params.request_state, cast(dict[str, Any] | None, params.input_responses))
                 if call is None:
                     raise MCPError(INVALID_PARAMS, "requestState names no pending call (it expired or completed)")
-                outcome = await parking.next_outcome(call, settings.call_timeout + 5)
+                outcome = await parking.next_outcome(call)
             elif gateway.speaks_modern(params.name) is not True:
                 # A 2025-era upstream asks mid-call; a 2026 agent can only answer by retrying. (When
                 # the upstream is not known yet, parking is the safe choice: it serves both.)
                 call = parking.start(ctx, caller.client_name, lambda asker: gateway.pipeline.run(make_step(asker)))
-                outcome = await parking.next_outcome(call, settings.call_timeout + 5)
+                outcome = await parking.next_outcome(call)
             else:
                 outcome = await gateway.pipeline.run(make_step(PassThroughAsker(ctx)))
         except (UpstreamUnavailable, UpstreamTimeout) as exc:
@@ -300,7 +300,7 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
         return t.EmptyResult()
 
     server = GatewayServer(
-        settings.name,
+        gateway.config.gateway.name,
         version=__version__,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
@@ -325,6 +325,7 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
 
     server.add_request_handler("logging/setLevel", t.SetLevelRequestParams, set_level)
     gateway.on_upstream_log(notifier.upstream_log)
+
     async def track(ctx: ServerRequestContext[Any], call_next: CallNext) -> HandlerResult:
         """Count requests in flight for a graceful shutdown; refuse new ones once it started."""
         if ctx.request_id is None or ctx.method == "subscriptions/listen":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -65,7 +66,7 @@ class ResourceSubscribers:
         for key in list(self._holders.get(uri, ())):
             session = self._notifier.legacy.get(key)
             if session is not None:
-                await self._notifier._bounded(key, [session.send_resource_updated(uri)])
+                await self._notifier.send(key, partial(session.send_resource_updated, uri))
 
 
 class SubscribingListen:

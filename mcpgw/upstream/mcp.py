@@ -99,6 +99,7 @@ class McpUpstream:
         """Set once the first connection attempt has ended, whichever way."""
         self._on_listing_changed = on_listing_changed
         self._listing = Listing()
+        self._lost_reason = "connection closed"
         self._on_resource_updated: ResourceUpdated | None = None
         self._askers: dict[int, Asker] = {}
         self._ask_seq = itertools.count()
@@ -243,8 +244,6 @@ class McpUpstream:
         finally:
             self._client = None
         raise _ConnectionLost(self._lost_reason)
-
-    _lost_reason = "connection closed"
 
     def _mark_lost(self, reason: str) -> None:
         self._lost_reason = reason

@@ -36,12 +36,13 @@ class Resolve:
         """Waits (bounded) for upstreams that are still starting; None once they all have."""
 
     async def __call__(self, step: Step, call_next: Next) -> Any:
-        if step.kind.is_listing:
-            return await call_next(step)
         if self._startup is not None and await self._startup():
             # During start-up a request waits (bounded by startup_wait) for upstreams still
-            # starting: an agent may ask for something it remembers before its upstream is up.
+            # starting: a first listing then sees a complete catalog, and an agent may ask for
+            # something it remembers before its upstream is up.
             self._startup = None
+        if step.kind.is_listing:
+            return await call_next(step)
         route = self._route(step)
         if route is None:
             raise self._not_found(step)
