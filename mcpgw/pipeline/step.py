@@ -39,6 +39,11 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
     UNAVAILABLE = "unavailable"
     NOT_FOUND = "not_found"
+    UNAUTHENTICATED = "unauthenticated"
+    DENIED = "denied"
+    LIMITED = "limited"
+    APPROVED = "approved"
+    DECLINED = "declined"
 
 
 def new_step_id() -> str:
@@ -57,13 +62,47 @@ class Caller:
     session_id: str | None = None
 
 
+class Secret(str):
+    """A credential kept as a string that never prints itself.
+
+    `repr`, `str()` and formatting show a marker, so a secret that reaches a log line, an
+    exception message or a dataclass repr by accident does not leak. Code that must send the
+    value (an Authorization header, a token-exchange form) asks for it with `reveal()`.
+    """
+
+    __slots__ = ()
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __format__(self, spec: str) -> str:
+        return format("***", spec)
+
+
 @dataclass(slots=True, frozen=True)
 class Principal:
-    """The identity a step runs as. Filled by the identify stage; richer once auth lands."""
+    """The identity a step runs as, decided by the identify stage; every later stage reads it.
+
+    `roles` holds what the configured role/group claims carried (not policy roles: those are
+    matched later from scopes, subjects, clients and these groups). `token` is the caller's own
+    access token, kept only so an upstream with `token_exchange` can trade it for a token of
+    its own; it is never forwarded as is.
+    """
 
     subject: str
+    client_id: str | None = None
     scopes: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()
+    claims: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    expires_at: int | None = None
+    issuer: str | None = None
+    token: Secret | None = field(default=None, repr=False, compare=False, hash=False)
 
 
 @dataclass(slots=True, frozen=True)
@@ -119,6 +158,8 @@ class Step:
     timeout: float | None = None
     outcome: Outcome | None = None
     error: str | None = None
+    rule: str | None = None
+    """The policy rule (or limit) that decided the step, when one did."""
     result: Any = None
 
     @property
