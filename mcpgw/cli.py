@@ -1,4 +1,4 @@
-"""`mcpgw`: serve the gateway, check a config, list the catalog.
+"""`mcpgw`: serve the gateway, check a config, list the catalog, read the audit trail.
 
 Exit codes: 0 ok; 1 the config is valid but something is wrong at run time (an upstream failed,
 tools were withheld); 2 the config itself is invalid or the command line is wrong.
@@ -12,12 +12,15 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from mcpgw import __version__
+from mcpgw.audit.commands import add_audit_parser
+from mcpgw.audit.store import StoreError
 from mcpgw.config import Config, ConfigError, load_config
 from mcpgw.gateway import Gateway
 from mcpgw.netutil import is_loopback
@@ -66,7 +69,7 @@ def _tune_gc() -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
-    gateway = Gateway(config)
+    gateway = Gateway(config, audit=True)
     _tune_gc()
     if args.transport == "stdio":
         from mcpgw.front.stdio import serve_stdio
@@ -176,13 +179,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(tools)
     tools.add_argument("--json", action="store_true", help="print full tool definitions as JSON")
     tools.set_defaults(func=cmd_tools)
+
+    def with_config(command: Callable[[Config, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        def run(args: argparse.Namespace) -> int:
+            config = _load(args)
+            try:
+                return command(config, args)
+            except (StoreError, ValueError) as exc:
+                print(f"mcpgw: {exc}", file=sys.stderr)
+                return 1 if isinstance(exc, StoreError) else 2
+        return run
+
+    add_audit_parser(sub, _add_config_args, with_config)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    quiet = args.command in ("check", "tools") and args.log_level == "info"
+    quiet = args.command in ("check", "tools", "audit") and args.log_level == "info"
     _setup_logging("warning" if quiet else args.log_level)
     try:
         code: int = args.func(args)
@@ -191,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `mcpgw audit export | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
@@ -20,14 +21,18 @@ import anyio.to_thread
 import mcp.types as t
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
+from mcpgw.audit.redact import Redactor, configured_secrets
+from mcpgw.audit.writer import AuditTrail, blank
 from mcpgw.catalog import Catalog, Kind
 from mcpgw.config.loader import ConfigError, load_config
 from mcpgw.config.models import Config
-from mcpgw.pipeline.chain import Pipeline
+from mcpgw.pipeline.chain import Pipeline, Stage
+from mcpgw.pipeline.stages.audit import Audit
 from mcpgw.pipeline.stages.dispatch import Dispatch
 from mcpgw.pipeline.stages.identify import Identify
 from mcpgw.pipeline.stages.record import Record
 from mcpgw.pipeline.stages.resolve import Resolve
+from mcpgw.pipeline.step import new_step_id
 from mcpgw.upstream import McpUpstream, Status, Upstream, build_upstream
 
 log = logging.getLogger("mcpgw")
@@ -41,7 +46,11 @@ class Gateway:
     """One running gateway. `config`, `catalog`, `upstreams` and `pipeline` are replaced together
     by `reload`; callers read them through the gateway at use time, never keep them."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, audit: bool = False) -> None:
+        """`audit`: record steps to `config.audit` (what `mcpgw serve` asks for; `check`, `tools`
+        and embedded uses do not write an audit trail)."""
+        self.trail = AuditTrail(config.audit) if audit and config.audit.enabled else None
+        self._redactor: Redactor | None = None
         self._listeners: list[Listener] = []
         self._log_listeners: list[LogListener] = []
         self._updated_listeners: list[UpdatedListener] = []
@@ -69,19 +78,39 @@ class Gateway:
                 upstream = build_upstream(name, server, config.gateway, self._listing_changed)
                 upstream.on_log_message(self._log_message)
                 upstream.on_resource_updated(self._resource_updated)
+                upstream.on_status(self._upstream_status)
             else:
                 upstream.settings = config.gateway
                 catalog.update(name, upstream.listing, online=upstream.state.status is Status.UP)
             upstreams[name] = upstream
         timeouts = {name: config.timeout_of(name) for name in config.servers}
         routes: dict[str, Upstream] = dict(upstreams)
+        stages: list[Stage] = []
+        if self.trail is not None:
+            self._redactor = Redactor(config.audit.redact, configured_secrets(config))
+            stages.append(Audit(self.trail, config.audit, self._redactor))
         pipeline = Pipeline([
+            *stages,
             Record(),
             Identify(),
             Resolve(catalog, config.gateway.call_timeout, timeouts, startup=self.wait_startup),
             Dispatch(catalog, routes),
         ])
         self.config, self.catalog, self.upstreams, self.pipeline = config, catalog, upstreams, pipeline
+
+    def _upstream_status(self, upstream: McpUpstream, was: Status) -> None:
+        """Record an upstream coming up, failing to start, or being lost, as a step of its own."""
+        now = upstream.state.status
+        if self.trail is None or self._redactor is None or now not in (Status.UP, Status.DOWN):
+            return
+        row = blank()
+        state = upstream.state
+        row.update(_ns=time.time_ns(), _redactor=self._redactor, step_id=new_step_id(), kind=(
+            "upstream/connect" if now is Status.UP or was is not Status.UP else "upstream/lost"),
+            upstream=upstream.name, target=upstream.name, transport=upstream.config.kind,
+            protocol=state.protocol_version if now is Status.UP else None,
+            outcome="ok" if now is Status.UP else "error", error=state.error)
+        self.trail.submit(row)
 
     def on_catalog_changed(self, listener: Listener) -> None:
         """Call `listener(kinds)` whenever exported lists change (to send list_changed)."""
@@ -133,16 +162,27 @@ class Gateway:
         self._startup_deadline = anyio.current_time() + self.config.gateway.startup_wait
         names = ", ".join(self.upstreams) or "none"
         log.info("starting %d upstream(s): %s", len(self.upstreams), names)
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            for name in self.upstreams:
-                self._start(name)
-            if self.config.source is not None:
-                tg.start_soon(self._reload_on_sighup)
-                if self.config.gateway.watch_config:
-                    tg.start_soon(self._watch_config)
-            self.running.set()
-            task_status.started()
+        if self.trail is not None:
+            self.trail.start()
+            log.info("audit trail: %s (mode %s, writer %s)", self.trail.stats()["url"], self.config.audit.mode,
+                     self.trail.writer)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                for name in self.upstreams:
+                    self._start(name)
+                if self.config.source is not None:
+                    tg.start_soon(self._reload_on_sighup)
+                    if self.config.gateway.watch_config:
+                        tg.start_soon(self._watch_config)
+                self.running.set()
+                task_status.started()
+        finally:
+            if self.trail is not None:
+                # Every step has ended by now (the fronts stop serving before they stop the
+                # gateway; parked calls were just cancelled and recorded): write what is queued.
+                with anyio.CancelScope(shield=True):
+                    await self.trail.aclose(timeout=max(self.config.gateway.shutdown_grace, 5.0))
 
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:
@@ -199,6 +239,7 @@ class Gateway:
             if old.gateway.separator != config.gateway.separator:
                 changed = sorted(set(changed) | {n for n in names if table(old, n) and table(config, n)})
             kept = {n: u for n, u in self.upstreams.items() if n not in removed and n not in changed}
+            self._audit_reload_warning(old, config)
             retiring = {n: self.upstreams[n] for n in [*removed, *changed]}
             self._install(config, reuse=kept)
             for name, upstream in retiring.items():
@@ -213,6 +254,16 @@ class Gateway:
                      "; ".join(f"{k} {', '.join(v)}" for k, v in summary.items() if v) or "no upstream changed")
             await self._notify(set(Kind))
             return summary
+
+    def _audit_reload_warning(self, old: Config, new: Config) -> None:
+        """Redaction, `mode` and `record_listings` apply at once; the store and its writer do not
+        change under a running gateway (one process, one chain): that needs a restart."""
+        fixed = ("enabled", "url", "queue_size", "batch_size", "flush_interval")
+        changed = [k for k in fixed if getattr(old.audit, k) != getattr(new.audit, k)]
+        if changed:
+            log.warning("[audit] %s changed: this takes a restart of the gateway; until then the audit trail keeps "
+                        "its settings at start-up%s", ", ".join(changed),
+                        f" (writing to {self.trail.stats()['url']})" if self.trail else " (off)")
 
     async def reload_from_file(self) -> bool:
         """Re-read the config file; an invalid one is logged precisely and the running config kept."""
@@ -310,4 +361,5 @@ class Gateway:
             "resources": len(self.catalog.resources),
             "resource_templates": len(self.catalog.templates),
             "upstreams": upstreams,
+            "audit": self.trail.stats() if self.trail is not None else None,
         }

@@ -5,9 +5,21 @@ else receives a `Config`.
 """
 
 from mcpgw.config.loader import ConfigError, Problem, load_config, parse_config
-from mcpgw.config.models import Config, GatewaySettings, HttpServer, ServerConfig, SseServer, StdioServer, ToolFilter
+from mcpgw.config.models import (
+    AuditRedaction,
+    AuditSettings,
+    Config,
+    GatewaySettings,
+    HttpServer,
+    ServerConfig,
+    SseServer,
+    StdioServer,
+    ToolFilter,
+)
 
 __all__ = [
+    "AuditRedaction",
+    "AuditSettings",
     "Config",
     "ConfigError",
     "GatewaySettings",

@@ -192,7 +192,8 @@ def parse_config(text: str, path: Path, env: Mapping[str, str] | None = None) ->
 
 
 def _resolve_paths(config: Config, path: Path) -> Config:
-    """Relative `cwd`s are relative to the config file, not to wherever the gateway was started."""
+    """Relative `cwd`s and SQLite audit paths are relative to the config file, not to wherever
+    the gateway (or `mcpgw audit`) was started."""
     base = path.resolve().parent
     servers = {}
     for name, server in config.servers.items():
@@ -200,7 +201,11 @@ def _resolve_paths(config: Config, path: Path) -> Config:
             cwd = base if server.cwd is None else (base / server.cwd if not server.cwd.is_absolute() else server.cwd)
             server = server.model_copy(update={"cwd": cwd})
         servers[name] = server
-    return config.model_copy(update={"servers": servers})
+    audit = config.audit
+    database = audit.url.removeprefix("sqlite:///")
+    if audit.url.startswith("sqlite:///") and database and not database.startswith((":memory:", "/")):
+        audit = audit.model_copy(update={"url": f"sqlite:///{base / database}"})
+    return config.model_copy(update={"servers": servers, "audit": audit})
 
 
 def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Config:

@@ -127,7 +127,55 @@ ServerConfig = McpServer
 
 PLANNED_KINDS = frozenset({"openapi", "rest"})
 KNOWN_KINDS = ("stdio", "http", "sse")
-PLANNED_TABLES = frozenset({"auth", "audit", "llm", "limits", "telemetry"})
+PLANNED_TABLES = frozenset({"auth", "llm", "limits", "telemetry"})
+
+
+class AuditRedaction(_Model):
+    """`[audit.redact]`: what is replaced by `marker` before a record is stored or exported.
+
+    Always on: argument keys that name a secret, values shaped like well-known tokens and keys,
+    and the gateway's own configured secrets (upstream `env` and `headers` values). `tools` adds
+    argument paths per tool (a glob over exported names, like `"github__*"`): dotted keys, `*`
+    for any key or list item, so `"*"` hides every argument of that tool.
+    """
+
+    marker: str = "[REDACTED]"
+    tools: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    keys: tuple[str, ...] = Field(default=(), description="extra regexes over argument key names")
+    patterns: tuple[str, ...] = Field(default=(), description="extra regexes over string values")
+
+    @field_validator("keys", "patterns")
+    @classmethod
+    def _regexes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+        return value
+
+
+class AuditSettings(_Model):
+    """`[audit]`: the step-level audit trail (see the README section "Audit trail")."""
+
+    enabled: bool = True
+    url: str = Field(default="sqlite:///mcpgw-audit.db",
+                     description="sqlite:///relative/or/absolute/path.db or postgresql+psycopg://user@host/db")
+    mode: Literal["buffer", "fail-closed"] = "buffer"
+    queue_size: int = Field(default=100_000, ge=1, description="records held while the store is unreachable")
+    batch_size: int = Field(default=1000, ge=1, description="records written per transaction at most")
+    flush_interval: float = Field(default=0.05, gt=0, le=60, description="seconds between writes")
+    record_listings: bool = Field(default=False, description="also record tools/list, prompts/list, ...")
+    redact: AuditRedaction = AuditRedaction()
+
+    @field_validator("url")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        if value.startswith("postgresql://"):
+            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        if not (value.startswith("sqlite:///") or value.startswith("postgresql+psycopg://")):
+            raise ValueError(f"must be sqlite:///PATH or postgresql+psycopg://USER@HOST/DB, got {value!r}")
+        return value
 
 
 class Config(_Model):
@@ -135,6 +183,7 @@ class Config(_Model):
 
     gateway: GatewaySettings = GatewaySettings()
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
+    audit: AuditSettings = AuditSettings()
     source: Path | None = Field(default=None, exclude=True, description="the file this snapshot was read from")
 
     def prefix_of(self, name: str) -> str:

@@ -19,7 +19,8 @@ from mcpgw.pipeline.step import Step
 Next = Callable[[Step], Awaitable[Any]]
 
 STAGE_ORDER: tuple[str, ...] = (
-    "record",  # outermost: timings and outcome of everything inside (audit and tracing hook here)
+    "audit",  # one record per step, queued once `record` has stamped how it ended
+    "record",  # timings and outcome of everything inside
     "identify",
     "resolve",
     "authorize",

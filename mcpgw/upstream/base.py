@@ -66,6 +66,8 @@ ResourceUpdated = Callable[[str, str], Awaitable[None]]
 """Called with (upstream name, upstream's own URI) when a subscribed resource changed."""
 LogMessage = Callable[[str, t.LoggingMessageNotificationParams], Awaitable[None]]
 """Called with (upstream name, log message) for every log notification an upstream sends."""
+StatusChanged = Callable[[Any, Status], None]
+"""Called with (the upstream, its previous status) when its status changes; must not block."""
 
 
 class Upstream(Protocol):

@@ -37,7 +37,7 @@ from mcpgw.config.models import GatewaySettings, HttpServer, ServerConfig, SseSe
 from mcpgw.pipeline.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from mcpgw.pipeline.step import Asker, ProgressFn
 from mcpgw.upstream._streams import TappedTransport
-from mcpgw.upstream.base import ListingChanged, LogMessage, ResourceUpdated, Status, UpstreamState
+from mcpgw.upstream.base import ListingChanged, LogMessage, ResourceUpdated, Status, StatusChanged, UpstreamState
 
 log = logging.getLogger("mcpgw.upstream")
 
@@ -104,6 +104,7 @@ class McpUpstream:
         self._askers: dict[int, Asker] = {}
         self._ask_seq = itertools.count()
         self._on_log_message: LogMessage | None = None
+        self._on_status: StatusChanged | None = None
         self._log_level: t.LoggingLevel | None = None
         self._subscriptions: set[str] = set()
         self._retired: str | None = None
@@ -132,6 +133,10 @@ class McpUpstream:
 
     def on_log_message(self, callback: LogMessage) -> None:
         self._on_log_message = callback
+
+    def on_status(self, callback: StatusChanged) -> None:
+        """Call `callback(upstream, previous status)` when the connection comes up or goes down."""
+        self._on_status = callback
 
     async def set_log_level(self, level: t.LoggingLevel | None) -> None:
         """Ask the upstream for log messages at `level` and above (now, and after reconnects)."""
@@ -175,10 +180,16 @@ class McpUpstream:
             self.settled.set()
 
     def _set(self, status: Status, error: str | None = None, next_retry_in: float | None = None) -> None:
+        was = self.state.status
         self.state.status = status
         self.state.error = error
         self.state.since = time.time()
         self.state.next_retry_in = next_retry_in
+        if self._on_status is not None and self._retired is None:
+            try:
+                self._on_status(self, was)
+            except Exception:  # boundary: an observer must not break supervision
+                log.exception("upstream %s: status listener failed", self.name)
 
     def _stderr_hint(self) -> str:
         if self.state.stderr_tail:
