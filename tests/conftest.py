@@ -12,7 +12,7 @@ import re
 import signal
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -254,3 +254,24 @@ async def agent_for(front: str, config: Path, **client_kw: Any) -> AsyncIterator
         async with gateway_http(config) as (base, _), Client(f"{base}/mcp", mode=mode, cache=None,
                                                               **client_kw) as agent:
             yield agent
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose connections see only a fresh schema of their own (dropped afterwards),
+    so parallel workers and other test runs on the same database never collide."""
+    base = os.environ.get("MCPGW_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("MCPGW_TEST_POSTGRES_URL is not set (CI sets it; see .ci/run)")
+    from sqlalchemy import create_engine, text
+
+    schema = f"mcpgw_test_{os.urandom(6).hex()}"
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

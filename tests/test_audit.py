@@ -1,0 +1,262 @@
+"""The audit trail end to end: a real gateway process with the kit upstream records what agents
+do; `mcpgw audit ...` subprocesses read it back; shutdowns, crashes and an unreachable store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp.types as t
+import pytest
+from mcp import Client, MCPError
+from opentelemetry.sdk.trace import TracerProvider
+
+from mcpgw.audit.redact import Redactor
+from mcpgw.audit.writer import AuditTrail
+from mcpgw.config import AuditSettings
+from mcpgw.pipeline import Caller, Pipeline, Step, StepKind
+from mcpgw.pipeline.stages.audit import Audit
+from mcpgw.pipeline.stages.identify import Identify
+from mcpgw.pipeline.stages.record import Record
+
+from .conftest import KIT, PY, ROOT, gateway_http, gateway_stdio, stdio_server_toml, text, wait_until, write_config
+
+CONFIG_SECRET = "planted-config-secret-77"
+FAST = "restart_backoff = 0.2\nrestart_backoff_max = 0.5\nhealth_interval = 600\n"
+
+
+async def mcpgw(config: Path, *args: str, check: bool = True) -> tuple[int, str, str]:
+    """Run `mcpgw audit ARGS --config CONFIG` as a subprocess; (exit code, stdout, stderr)."""
+    with anyio.fail_after(60):
+        done = await anyio.run_process([PY, "-m", "mcpgw", "audit", *args, "--config", str(config)], check=False,
+                                       env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    out, err = done.stdout.decode(), done.stderr.decode()
+    if check:
+        assert done.returncode == 0, f"exit {done.returncode}\n{out}\n{err}"
+    return done.returncode, out, err
+
+
+async def query(config: Path, *filters: str) -> list[dict[str, Any]]:
+    code, out, _ = await mcpgw(config, "query", "--json", *filters, check=False)
+    assert code in (0, 1)
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def store_bytes(directory: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(directory.glob("mcpgw-audit.db*")))
+
+
+async def on_elicit(context: Any, params: t.ElicitRequestParams) -> t.ElicitResult:
+    return t.ElicitResult(action="decline")
+
+
+async def on_sample(context: Any, params: t.CreateMessageRequestParams) -> t.CreateMessageResult:
+    return t.CreateMessageResult(role="assistant", content=t.TextContent(type="text", text="hi there"),
+                                 model="test-model")
+
+
+@pytest.mark.anyio
+async def test_a_session_is_recorded_redacted_linked_and_verifiable(tmp_path: Path) -> None:
+    config = write_config(tmp_path, stdio_server_toml("kit", KIT, extra=f"""
+        env = {{ KIT_API_SECRET = "{CONFIG_SECRET}" }}
+        [audit.redact.tools]
+        "kit__e*" = ["note"]
+        """), gateway=FAST)
+    async with gateway_stdio(config, mode="legacy", sampling_callback=on_sample,
+                             elicitation_callback=on_elicit) as agent:
+        planted = [
+            {"text": "key sk-PLANTED0123456789abcdef"},
+            {"text": f"config secret {CONFIG_SECRET}"},
+            {"text": "hello", "password": "PLANTED-password"},
+            {"text": "hello", "note": "PLANTED-note"},
+        ]
+        for arguments in planted:
+            await agent.call_tool("kit__echo", arguments)
+        assert text(await agent.call_tool("kit__sample", {"prompt": "say hi"})) == "model test-model said: hi there"
+        await agent.call_tool("kit__ask_name", {})
+        assert (await agent.call_tool("kit__fail", {})).is_error
+        with pytest.raises(MCPError):
+            await agent.call_tool("kit__nope", {})
+        assert (await agent.call_tool("kit__crash", {})).is_error
+
+        async def back() -> bool:
+            return not (await agent.call_tool("kit__echo", {"text": "after the crash"})).is_error
+
+        await wait_until(back, timeout=30, interval=0.1)
+    # The agent closed stdin: the gateway stopped and flushed the trail before exiting.
+
+    rows = await query(config)
+    calls = [r for r in rows if r["kind"] == "tools/call"]
+    assert [(r["target"], r["outcome"]) for r in calls][:9] == [
+        ("kit__echo", "ok"), ("kit__echo", "ok"), ("kit__echo", "ok"), ("kit__echo", "ok"),
+        ("kit__sample", "ok"), ("kit__ask_name", "ok"), ("kit__fail", "error"), ("kit__nope", "not_found"),
+        ("kit__crash", "unavailable"),
+    ]
+    first = calls[0]
+    assert first["subject"] == "local" and first["transport"] == "stdio" and first["protocol"] == "2025-11-25"
+    assert first["client_name"] and first["upstream"] == "kit" and first["upstream_target"] == "echo"
+    assert first["session_id"] is None and first["trace_id"] is None  # no tracing configured: NULL, not made up
+    assert first["latency_us"] > 0 and first["request_bytes"] > 0 and first["response_bytes"] > 0
+    assert calls[6]["error"] == "it failed on purpose"
+    kinds = [r["kind"] for r in rows]
+    assert kinds.count("upstream/connect") >= 2 and "upstream/lost" in kinds
+    lost = next(r for r in rows if r["kind"] == "upstream/lost")
+    assert lost["outcome"] == "error" and lost["target"] == "kit"
+
+    # Redaction happened before storage: no planted secret is anywhere in the database files.
+    data = store_bytes(tmp_path)
+    assert b"hello" in data and b"say hi" in data  # the file is readable text where it may be
+    for secret in (b"PLANTED", CONFIG_SECRET.encode()):
+        assert secret not in data
+    assert calls[3]["arguments"] == '{"text":"hello","note":"[REDACTED]"}'
+
+    # Lineage: the sampling and elicitation round-trips hang under the calls that caused them.
+    sample = calls[4]
+    _, out, _ = await mcpgw(config, "lineage", sample["step_id"], "--json")
+    tree = json.loads(out)
+    assert len(tree) == 1 and tree[0]["step_id"] == sample["step_id"]
+    [child] = tree[0]["children"]
+    assert child["kind"] == "sampling/createMessage" and child["outcome"] == "ok"
+    assert child["parent_id"] == sample["step_id"] and json.loads(child["arguments"])["messages"]
+    _, out, _ = await mcpgw(config, "lineage", child["step_id"])  # from the child: the same tree
+    assert out.splitlines()[0].startswith("tools/call kit__sample via kit → ok")
+    assert out.splitlines()[1].startswith("└─ sampling/createMessage")
+    _, out, _ = await mcpgw(config, "lineage", calls[5]["step_id"], "--json")
+    assert json.loads(out)[0]["children"][0]["outcome"] == "declined"
+
+    # Filters, export formats.
+    assert len(await query(config, "--tool", "kit__e*", "--outcome", "ok", "--kind", "tools/call")) == 5
+    assert len(await query(config, "--outcome", "error,not_found", "--kind", "tools/*")) == 2
+    assert await query(config, "--principal", "someone-else") == []
+    assert len(await query(config, "--since", "1h", "--until", "2999-01-01T00:00:00Z")) == len(rows)
+    _, out, _ = await mcpgw(config, "export", "--format", "csv")
+    assert out.splitlines()[0].startswith("seq,step_id,parent_id,trace_id")
+    assert len(out.splitlines()) == len(rows) + 1
+    _, out, _ = await mcpgw(config, "export", "--format", "jsonl", "--outcome", "ok")
+    assert all(json.loads(line)["outcome"] == "ok" for line in out.splitlines())
+    code, _, err = await mcpgw(config, "query", "--since", "yesterday-ish", check=False)
+    assert code == 2 and "not a time: 'yesterday-ish'" in err
+
+    # The chain verifies; one edited row is named.
+    _, out, _ = await mcpgw(config, "verify")
+    assert out.splitlines()[-1].startswith(f"OK: {len(rows)} record(s) in 1 chain(s) verify")
+    with sqlite3.connect(tmp_path / "mcpgw-audit.db") as db:
+        db.execute("UPDATE mcpgw_audit_steps SET subject = 'mallory' WHERE seq = 3")
+    code, out, _ = await mcpgw(config, "verify", check=False)
+    assert code == 1 and "BROKEN: record seq=3 " in out and "do not match its hash" in out
+
+
+@pytest.mark.anyio
+async def test_sigterm_flushes_every_record(tmp_path: Path) -> None:
+    # Flushes are a minute apart: every record in the store got there through the shutdown.
+    config = write_config(tmp_path, stdio_server_toml("kit", KIT, extra="[audit]\nflush_interval = 60\n"))
+    async with gateway_http(config) as (base, proc):
+        async with Client(f"{base}/mcp", mode="legacy", cache=None) as agent:
+            for i in range(40):
+                await agent.call_tool("kit__echo", {"text": f"call {i}"})
+        assert not (await query(config, "--kind", "tools/call"))
+        proc.proc.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            await proc.proc.wait()
+    rows = await query(config, "--kind", "tools/call")
+    assert [json.loads(r["arguments"])["text"] for r in rows] == [f"call {i}" for i in range(40)]
+    _, out, _ = await mcpgw(config, "verify")
+    assert ", closed" in out and "OK:" in out
+
+
+@pytest.mark.anyio
+async def test_kill_9_loses_at_most_the_unflushed_tail_and_the_chain_still_verifies(tmp_path: Path) -> None:
+    config = write_config(tmp_path, stdio_server_toml("kit", KIT))
+    calls = 150
+    async with gateway_http(config) as (base, proc), Client(f"{base}/mcp", mode="legacy", cache=None) as agent:
+        for i in range(calls):
+            await agent.call_tool("kit__echo", {"text": f"call {i}"})
+        proc.proc.send_signal(signal.SIGKILL)
+        with anyio.fail_after(10):
+            await proc.proc.wait()
+    rows = await query(config, "--kind", "tools/call")
+    kept = [json.loads(r["arguments"])["text"] for r in rows]
+    assert kept == [f"call {i}" for i in range(len(kept))], "what survives is a prefix: no holes"
+    print(f"kill -9 after {calls} answered calls: {calls - len(kept)} record(s) lost (flush_interval 0.05 s)")
+    _, out, _ = await mcpgw(config, "verify")
+    assert "open (running, or the process ended without closing)" in out and "OK:" in out
+
+
+@pytest.mark.anyio
+async def test_fail_closed_refuses_calls_while_the_store_is_unreachable(tmp_path: Path) -> None:
+    missing = tmp_path / "store"  # SQLite cannot open a file in a directory that does not exist
+    config = write_config(tmp_path, stdio_server_toml("kit", KIT, extra=f"""
+        [audit]
+        url = "sqlite:///{missing}/audit.db"
+        mode = "fail-closed"
+        """))
+    async with gateway_stdio(config, mode="legacy") as agent:
+        with pytest.raises(MCPError) as info:
+            await agent.call_tool("kit__echo", {"text": "refused"})
+        assert "audit store is unreachable and [audit] mode is fail-closed" in info.value.message
+        await agent.list_tools()  # listings are not recorded, so not refused
+        missing.mkdir()
+
+        async def accepted() -> bool:
+            try:
+                await agent.call_tool("kit__echo", {"text": "accepted"})
+            except MCPError:
+                return False
+            return True
+
+        await wait_until(accepted, timeout=30, interval=0.2)
+    rows = await query(config, "--kind", "tools/call")
+    assert rows[0]["outcome"] == "unavailable" and rows[-1]["outcome"] == "ok"
+    assert {json.loads(r["arguments"])["text"] for r in rows} == {"refused", "accepted"}
+
+
+@pytest.mark.anyio
+async def test_gateway_writes_to_postgresql(tmp_path: Path, pg_url: str) -> None:
+    config = write_config(tmp_path, stdio_server_toml("kit", KIT, extra=f'[audit]\nurl = "{pg_url}"\n'))
+    async with gateway_stdio(config, mode="auto") as agent:
+        for i in range(5):
+            await agent.call_tool("kit__echo", {"text": f"pg {i}"})
+    rows = await query(config, "--kind", "tools/call")
+    assert [r["protocol"] for r in rows] == ["2026-07-28"] * 5
+    _, out, _ = await mcpgw(config, "verify")
+    assert "OK: 6 record(s) in 1 chain(s)" in out and "postgres" in out
+
+
+@pytest.mark.anyio
+async def test_trace_and_span_ids_come_from_the_current_span(tmp_path: Path) -> None:
+    """In process: the tracing stage (outermost) makes a span current around the step."""
+    url = f"sqlite:///{tmp_path}/audit.db"
+    settings = AuditSettings(url=url, flush_interval=0.01)
+    trail = AuditTrail(settings)
+    trail.start()
+
+    async def dispatch(step: Step, call_next: Any) -> Any:
+        return "done"
+
+    dispatch.slot = "dispatch"  # type: ignore[attr-defined]
+    pipeline = Pipeline([Audit(trail, settings, Redactor(settings.redact)), Record(), Identify(),
+                         dispatch])  # type: ignore[list-item]
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("step") as span:
+        await pipeline.run(Step(StepKind.TOOL_CALL, Caller("stdio"), target="x__y", arguments={}))
+    await pipeline.run(Step(StepKind.TOOL_CALL, Caller("stdio"), target="x__z", arguments={}))
+    await trail.aclose()
+    with sqlite3.connect(tmp_path / "audit.db") as db:
+        rows = db.execute("SELECT target, trace_id, span_id FROM mcpgw_audit_steps ORDER BY seq").fetchall()
+    ctx = span.get_span_context()
+    assert rows == [("x__y", f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"), ("x__z", None, None)]
+
+
+def test_audit_cli_without_a_store_says_so(tmp_path: Path) -> None:
+    import subprocess
+
+    config = write_config(tmp_path, "")
+    done = subprocess.run([PY, "-m", "mcpgw", "audit", "verify", "--config", str(config)], capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert done.returncode == 1 and "no audit trail at" in done.stderr and sys.executable
