@@ -30,10 +30,13 @@ def genesis(writer: str) -> str:
     return hashlib.sha256(f"mcpgw-audit-genesis:{writer}".encode()).hexdigest()
 
 
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def record_hash(row: Mapping[str, Any]) -> str:
-    """The hash of one record; `row` holds every field of `RECORD_FIELDS` (including prev_hash)."""
-    payload = json.dumps([row[name] for name in RECORD_FIELDS], ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(payload.encode()).hexdigest()
+    """The hash of one record: SHA-256 of the compact JSON array of its `RECORD_FIELDS` values
+    (including prev_hash), in that order. Documented so that anyone can re-check an export."""
+    return hashlib.sha256(_encode([row[name] for name in RECORD_FIELDS]).encode()).hexdigest()
 
 
 @dataclass

@@ -12,6 +12,7 @@ record, its hash and every export agree. Three rules, in this order:
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import re
 from collections.abc import Iterable
@@ -67,8 +68,13 @@ class Redactor:
         return self._values.sub(self.marker, value)
 
     def arguments(self, target: str, arguments: Any) -> Any:
+        """`arguments` with secrets replaced: the same object if nothing needed replacing (so the
+        caller can reuse its serialisation), otherwise a copy; the original is never changed."""
         clean = self._walk(arguments)
-        for path in self._paths(target):
+        paths = self._paths(target)
+        if paths and clean is arguments:
+            clean = copy.deepcopy(arguments)
+        for path in paths:
             clean = self._apply(clean, path)
         return clean
 
@@ -81,18 +87,23 @@ class Redactor:
         return paths
 
     def _walk(self, value: Any) -> Any:
+        """A redacted copy of `value`, or `value` itself when nothing in it needs redacting."""
         if isinstance(value, str):
             return self._values.sub(self.marker, value)
         if isinstance(value, dict):
             out = {}
+            changed = False
             for key, item in value.items():
-                if isinstance(key, str) and self._keys.search(key) and isinstance(item, (str, dict, list)):
+                if isinstance(key, str) and isinstance(item, str | dict | list) and self._keys.search(key):
                     out[key] = self.marker
+                    changed = True
                 else:
-                    out[key] = self._walk(item)
-            return out
+                    out[key] = clean = self._walk(item)
+                    changed = changed or (clean is not item and clean != item)
+            return out if changed else value
         if isinstance(value, list | tuple):
-            return [self._walk(item) for item in value]
+            items = [self._walk(item) for item in value]
+            return items if any(a is not b and a != b for a, b in zip(items, value, strict=True)) else value
         return value
 
     def _apply(self, value: Any, path: tuple[str, ...]) -> Any:
