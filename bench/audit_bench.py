@@ -23,12 +23,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import signal
 import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -126,12 +128,11 @@ async def e2e_latency(work: Path, calls: int) -> dict[str, float]:
 
     out: dict[str, float] = {}
     clients = {}
-    async with anyio.create_task_group():
-        pass
     for name, audit in (("off", "[audit]\nenabled = false\n"), ("on", "")):
         config = _config(work / f"e2e-{name}", audit)
         params = StdioServerParameters(command=PY, args=["-m", "mcpgw", "serve", "--config", str(config)],
-                                       env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=str(ROOT))
+                                       env={**os.environ, "PYTHONPATH": str(ROOT), "MCPGW_LOG_LEVEL": "warning"},
+                                       cwd=str(ROOT))
         clients[name] = params
     samples: dict[str, list[int]] = {"on": [], "off": []}
     async with Client(clients["off"], mode="legacy", cache=None) as off, \
@@ -160,6 +161,7 @@ async def kill9_window(work: Path, calls: int, runs: int) -> list[dict[str, floa
     for run in range(runs):
         config = _config(work / f"kill9-{run}", "")
         argv = [PY, "-m", "mcpgw", "serve", "--config", str(config), "--transport", "http", "--port", "0"]
+        logging.getLogger("mcp").setLevel(logging.CRITICAL)  # "session termination failed": it was killed
         proc = await anyio.open_process(argv, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
                                         start_new_session=True)
         try:
@@ -180,12 +182,9 @@ async def kill9_window(work: Path, calls: int, runs: int) -> list[dict[str, floa
                 os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
         with sqlite3.connect(config.parent / "mcpgw-audit.db") as db:
-            stored = db.execute("SELECT count(*), max(ts) FROM mcpgw_audit_steps WHERE kind = 'tools/call'").one() \
-                if False else db.execute(
-                    "SELECT count(*), max(ts) FROM mcpgw_audit_steps WHERE kind = 'tools/call'").fetchone()
-        count, last = stored
-        last_s = time.mktime(time.strptime(last[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone + float("0" + last[19:-1])\
-            if last else killed
+            count, last = db.execute(
+                "SELECT count(*), max(ts) FROM mcpgw_audit_steps WHERE kind = 'tools/call'").fetchone()
+        last_s = datetime.fromisoformat(last).timestamp() if last else killed
         results.append({"answered": calls, "stored": count, "lost": calls - count,
                         "window_ms": max(0.0, (killed - last_s) * 1000)})
     return results
