@@ -206,12 +206,19 @@ async def test_two_writers_share_one_postgresql_store_and_each_chain_verifies(pg
         second.submit(record(1000 + i))
         if i % 100 == 0:
             await anyio.sleep(0.02)
+    first.submit(record(300, target="nul\x00in a name"))  # PostgreSQL text cannot hold NUL
+    first.submit(record(301, latency_us=2**70))  # a value the store refuses: a stand-in takes its place
     await first.aclose()
     await second.aclose()
     engine = open_existing(pg_url)
     report = verify(engine)
     assert report.ok, report.problem
-    assert report.records == 600 and sorted(c.records for c in report.chains) == [300, 300]
+    assert report.records == 602 and sorted(c.records for c in report.chains) == [300, 302]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT target FROM mcpgw_audit_steps WHERE step_id = 'step-000300'")).scalar() \
+            == "nul\\u0000in a name"
+        stand_in = conn.execute(text("SELECT kind, error FROM mcpgw_audit_steps WHERE step_id = 'step-000301'")).one()
+    assert stand_in.kind == "tools/call" and stand_in.error.startswith("this record could not be stored: ")
     with engine.begin() as conn:
         conn.execute(text("UPDATE mcpgw_audit_steps SET subject = 'mallory' WHERE chain_seq = 123 AND writer = :w"),
                      {"w": second.writer})

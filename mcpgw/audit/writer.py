@@ -28,6 +28,7 @@ from typing import Any
 
 import anyio.to_thread
 from sqlalchemy import Dialect, Engine, select, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from mcpgw import __version__
 from mcpgw.audit.chain import genesis, record_hash
@@ -77,6 +78,22 @@ def _json_list(value: tuple[str, ...]) -> str:
     return found
 
 
+_AGENT_TEXT = ("target", "error", "session_id", "client_name", "client_version", "subject", "client_id",
+               "upstream_target")
+"""Fields whose text comes from outside the gateway; PostgreSQL refuses text holding NUL."""
+
+
+def _is_outage(exc: Exception) -> bool:
+    """A store that cannot be reached (retry the same records later), as opposed to a record the
+    store refuses (retrying would block the trail for ever)."""
+    return isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def _safe(value: Any) -> Any:
+    return value.replace("\x00", "\\u0000") if isinstance(value, str) and "\x00" in value else value
+
+
 def finish(row: dict[str, Any]) -> dict[str, Any]:
     """Turn a queued record (raw values) into a storable one. Runs in the writer thread."""
     redactor: Redactor = row.pop("_redactor")
@@ -94,6 +111,10 @@ def finish(row: dict[str, Any]) -> dict[str, Any]:
             row[name] = _json_list(tuple(row[name]))
     if row["error"]:
         row["error"] = redactor.text(row["error"])
+    for name in _AGENT_TEXT:
+        value = row[name]
+        if value is not None and "\x00" in value:
+            row[name] = _safe(value)
     return row
 
 
@@ -235,7 +256,12 @@ class AuditTrail:
         while self._batch or self._queue:
             if not self._batch:
                 self._batch = self._take()
-            self._write(self._batch)
+            try:
+                self._write(self._batch)
+            except Exception as exc:
+                if _is_outage(exc):
+                    raise  # keep the batch and retry
+                self._write_one_by_one(self._batch)
             self.written += len(self._batch)
             self._batch = []
             wrote = True
@@ -278,6 +304,24 @@ class AuditTrail:
             conn.exec_driver_sql(sql, [tuple(r[k] for k in order) for r in batch] if order else batch)
             conn.execute(WRITERS.update().where(WRITERS.c.writer == self.writer).values(records=seq, head=prev))
         self._chain_seq, self._prev = seq, prev
+
+    def _write_one_by_one(self, batch: list[dict[str, Any]]) -> None:
+        """The store refused the batch for what is in it, not for an outage: write its records one
+        at a time, and put a stand-in (same step id, kind and outcome, the store's reason as the
+        error) in place of any record the store refuses, so one bad value never blocks the trail."""
+        for row in batch:
+            try:
+                self._write([row])
+            except Exception as exc:
+                if _is_outage(exc):
+                    raise
+                cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
+                reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+                log.error("AUDIT RECORD REFUSED by the store (%s); a stand-in record is written instead", reason)
+                stand_in = blank()
+                stand_in.update({k: _safe(row[k]) for k in ("step_id", "parent_id", "ts", "kind", "outcome")},
+                                error=f"this record could not be stored: {_safe(reason)}")
+                self._write([stand_in])
 
     def _resync_chain(self) -> None:
         """After a failed write, ask the store where the chain stands: a commit whose answer was
