@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import mcp.types as t
 import pytest
 from mcp import Client, MCPError
@@ -161,6 +162,10 @@ async def test_sigterm_flushes_every_record(tmp_path: Path) -> None:
             for i in range(40):
                 await agent.call_tool("kit__echo", {"text": f"call {i}"})
         assert not (await query(config, "--kind", "tools/call"))
+        async with httpx2.AsyncClient() as http:
+            audit = (await http.get(f"{base}/readyz")).json()["audit"]
+        assert audit["queued"] == 41 and audit["written"] == 0 and audit["dropped"] == 0
+        assert audit["url"].startswith("sqlite:///") and audit["reachable"] is True
         proc.proc.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
             await proc.proc.wait()

@@ -222,7 +222,8 @@ class AuditTrail:
     def _run(self) -> None:
         backoff = self._interval
         while True:
-            self._wake.wait(self._interval if self.reachable is not False else backoff)
+            if self._attempted.is_set():  # the store is opened at once, not one interval later
+                self._wake.wait(self._interval if self.reachable is not False else backoff)
             self._wake.clear()
             stopping = self._stopping
             try:
