@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import httpx2
 import mcp.types as t
 import pytest
@@ -265,3 +266,95 @@ def test_audit_cli_without_a_store_says_so(tmp_path: Path) -> None:
     done = subprocess.run([PY, "-m", "mcpgw", "audit", "verify", "--config", str(config)], capture_output=True,
                           text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert done.returncode == 1 and "no audit trail at" in done.stderr and sys.executable
+
+
+class TcpSwitch:
+    """A TCP forwarder on 127.0.0.1 to a real server that can be switched off: then it cuts every
+    open connection and closes new ones at once, as a store that went away would."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.on = True
+        self._scopes: set[anyio.CancelScope] = set()
+
+    def off(self) -> None:
+        self.on = False
+        for scope in list(self._scopes):
+            scope.cancel()
+
+    async def serve(self, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        task_status.started(listener.extra(anyio.abc.SocketAttribute.local_port))
+        await listener.serve(self._handle)
+
+    async def _handle(self, client: anyio.abc.SocketStream) -> None:
+        async with client:
+            if not self.on:
+                return
+            with anyio.CancelScope() as scope:
+                self._scopes.add(scope)
+                try:
+                    async with await anyio.connect_tcp(*self.target) as server, anyio.create_task_group() as tg:
+                        async def pump(src: anyio.abc.SocketStream, dst: anyio.abc.SocketStream) -> None:
+                            async for chunk in src:
+                                await dst.send(chunk)
+                            tg.cancel_scope.cancel()
+
+                        tg.start_soon(pump, client, server)
+                        tg.start_soon(pump, server, client)
+                except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass
+                finally:
+                    self._scopes.discard(scope)
+
+
+@pytest.mark.anyio
+async def test_fail_closed_refuses_calls_while_postgresql_is_away_and_loses_nothing(
+    tmp_path: Path, pg_url: str
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    real = make_url(pg_url)
+    switch = TcpSwitch(real.host or "127.0.0.1", real.port or 5432)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(switch.serve)
+        via = real.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+        config = write_config(tmp_path, stdio_server_toml("kit", KIT, extra=f"""
+            [audit]
+            url = "{via}"
+            mode = "fail-closed"
+            """))
+        async with gateway_stdio(config, mode="legacy") as agent:
+            await agent.call_tool("kit__echo", {"text": "before"})
+            switch.off()
+
+            async def refused() -> bool:
+                try:
+                    await agent.call_tool("kit__echo", {"text": "during"})
+                except MCPError as exc:
+                    return "fail-closed" in exc.message
+                return False
+
+            await wait_until(refused, timeout=30, interval=0.2)
+            switch.on = True
+
+            async def accepted() -> bool:
+                try:
+                    await agent.call_tool("kit__echo", {"text": "after"})
+                except MCPError:
+                    return False
+                return True
+
+            await wait_until(accepted, timeout=30, interval=0.2)
+        tg.cancel_scope.cancel()
+    # Read through the real server: every call, accepted or refused, is in the trail, once.
+    direct = tmp_path / "direct.toml"
+    direct.write_text(f'[audit]\nurl = "{pg_url}"\n')
+    rows = await query(direct, "--kind", "tools/call")
+    texts = [json.loads(r["arguments"])["text"] for r in rows]
+    assert texts[0] == "before" and texts[-1] == "after" and "during" in texts
+    assert {r["outcome"] for r in rows if json.loads(r["arguments"])["text"] == "during"} <= {"ok", "unavailable"}
+    assert any(r["outcome"] == "unavailable" for r in rows)
+    assert len({r["step_id"] for r in rows}) == len(rows)
+    _, out, _ = await mcpgw(direct, "verify")
+    assert "OK:" in out
