@@ -358,3 +358,23 @@ async def test_fail_closed_refuses_calls_while_postgresql_is_away_and_loses_noth
     assert len({r["step_id"] for r in rows}) == len(rows)
     _, out, _ = await mcpgw(direct, "verify")
     assert "OK:" in out
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("agent_mode", "upstream", "child_kind"), [
+    ("legacy", "legacy", "sampling/createMessage"),  # a pushed request, attributed to the one agent
+    ("auto", "legacy", "sampling/createMessage"),  # the gateway parks the call for a 2026 agent
+    ("auto", "modern", "tools/call"),  # input-required passes through; the agent's retry answers it
+])
+async def test_lineage_in_every_era_combination(tmp_path: Path, agent_mode: str, upstream: str,
+                                                child_kind: str) -> None:
+    extra = 'protocol = "legacy"\n' if upstream == "legacy" else ""
+    config = write_config(tmp_path, stdio_server_toml("kit", KIT, extra=extra))
+    async with gateway_stdio(config, mode=agent_mode, sampling_callback=on_sample) as agent:
+        assert text(await agent.call_tool("kit__sample", {"prompt": "say hi"})) == "model test-model said: hi there"
+    [root, *_] = await query(config, "--tool", "kit__sample", "--kind", "tools/call")
+    _, out, _ = await mcpgw(config, "lineage", root["step_id"], "--json")
+    [tree] = json.loads(out)
+    assert tree["step_id"] == root["step_id"] and tree["outcome"] == "ok"
+    assert [c["kind"] for c in tree["children"]] == [child_kind]
+    assert tree["children"][0]["outcome"] == "ok" and tree["children"][0]["parent_id"] == root["step_id"]

@@ -20,7 +20,7 @@ from mcpgw.audit.store import StoreError, make_engine, migrate, open_existing
 from mcpgw.audit.writer import AuditTrail, blank
 from mcpgw.config import AuditRedaction, AuditSettings, ConfigError, parse_config
 
-from .conftest import wait_until
+from .conftest import PY, run_process, wait_until
 
 REDACTOR = Redactor(AuditRedaction())
 
@@ -225,3 +225,22 @@ async def test_two_writers_share_one_postgresql_store_and_each_chain_verifies(pg
     report = verify(engine)
     assert not report.ok and f"writer {second.writer}, #123" in (report.problem or "")
     engine.dispose()
+
+
+@pytest.mark.anyio
+async def test_tail_prints_the_newest_records_then_follows_new_ones(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/audit.db"
+    await write(url, 30)
+    config = tmp_path / "servers.toml"
+    config.write_text('[audit]\nurl = "sqlite:///audit.db"\n')  # relative: beside the config
+    argv = [PY, "-m", "mcpgw", "audit", "tail", "--config", str(config), "-n", "3", "--tool", "kit__*"]
+    async with run_process(argv, read="stdout") as tail:
+        await tail.wait_for(r"step-000029")
+        assert [line.split()[-1] for line in tail.lines] == ["step-000027", "step-000028", "step-000029"]
+        trail = AuditTrail(settings(url))
+        trail.start()
+        trail.submit(record(100, target="other__tool"))  # filtered out
+        trail.submit(record(101))
+        await trail.aclose()
+        await tail.wait_for(r"step-000101")
+        assert not any("step-000100" in line for line in tail.lines)

@@ -22,7 +22,7 @@ import os
 import socket
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,6 +46,7 @@ LOUD_EVERY = 10.0
 IDLE_PROBE = 1.0
 """Seconds of quiet after which the thread checks the store is still there (for fail-closed)."""
 RETRY_MAX = 5.0
+AWAITING_MAX = 10_000
 
 
 _seconds: tuple[int, str] = (-1, "")
@@ -154,6 +155,7 @@ class AuditTrail:
         self.dropped = 0
         self._gaps_recorded = 0
         self.closed = False
+        self._awaiting: OrderedDict[str, str] = OrderedDict()
 
     # -- the request side (event loop thread) ----------------------------------------------
 
@@ -186,6 +188,17 @@ class AuditTrail:
                 f"{shown_url(self.url)} is {state}")
             log.error("AUDIT RECORDS DROPPED: %s; %d record(s) dropped so far. The trail will hold an audit/gap "
                       "record with the count.", why, self.dropped)
+
+    def awaiting_answers(self, request_state: str, step_id: str) -> None:
+        """A step ended asking the agent for input (a 2026-07-28 input-required result): the retry
+        that echoes `request_state` is recorded as its child. Bounded: old questions are forgotten."""
+        self._awaiting[request_state] = step_id
+        if len(self._awaiting) > AWAITING_MAX:
+            self._awaiting.popitem(last=False)
+
+    def answered(self, request_state: str) -> str | None:
+        """The step whose question this retry answers, if it is remembered."""
+        return self._awaiting.pop(request_state, None)
 
     async def wait_first_attempt(self, timeout: float) -> None:
         if not self._attempted.is_set():

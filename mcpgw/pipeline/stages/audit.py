@@ -8,7 +8,9 @@ while serving the step is recorded as a child step (`parent_id` = this step's id
 The step itself stands for the gateway's upstream call (its `upstream` and `upstream_target`
 columns say where it went): an agent's request and the gateway's forwarding of it are one
 step with one outcome, so `mcpgw audit lineage` shows the agent's call, with the questions
-asked while serving it beneath it.
+asked while serving it beneath it. When a 2026-07-28 upstream's questions pass through to a
+2026-07-28 agent (an input-required result), the agent's retry carrying the answers is recorded
+as a child of the call that asked.
 
 Per step this costs a dict and a deque append on the request path; redaction, serialising,
 hashing and writing happen in the writer's thread. In fail-closed mode a step is refused while
@@ -100,9 +102,14 @@ class Audit:
                 raise AuditUnavailable(f"mcpgw: {step.error}")
         if step.ask is not None:
             step.ask = AuditedAsker(step.ask, self, step, trace_id)
+        if step.request_state is not None and step.parent_id is None:
+            step.parent_id = trail.answered(step.request_state)
         try:
             return await call_next(step)
         finally:
+            result = step.result
+            if isinstance(result, t.InputRequiredResult) and result.request_state:
+                trail.awaiting_answers(result.request_state, step.id)
             trail.submit(self._row(step, wall, trace_id, span_id))
 
     def _row(self, step: Step, wall: int, trace_id: str | None, span_id: str | None) -> dict[str, Any]:
