@@ -378,3 +378,21 @@ async def test_lineage_in_every_era_combination(tmp_path: Path, agent_mode: str,
     assert tree["step_id"] == root["step_id"] and tree["outcome"] == "ok"
     assert [c["kind"] for c in tree["children"]] == [child_kind]
     assert tree["children"][0]["outcome"] == "ok" and tree["children"][0]["parent_id"] == root["step_id"]
+
+
+@pytest.mark.anyio
+async def test_reload_applies_new_redaction_and_says_a_new_store_needs_a_restart(tmp_path: Path) -> None:
+    body = stdio_server_toml("kit", KIT)
+    config = write_config(tmp_path, body)
+    async with gateway_http(config) as (base, proc):
+        async with Client(f"{base}/mcp", mode="legacy", cache=None) as agent:
+            await agent.call_tool("kit__echo", {"text": "project-falcon"})
+            config.write_text(config.read_text() + '\n[audit]\nurl = "sqlite:///elsewhere.db"\n'
+                              '[audit.redact]\npatterns = ["project-[a-z]+"]\n')
+            await proc.wait_for("configuration reloaded")
+            await agent.call_tool("kit__echo", {"text": "project-falcon"})
+    assert "[audit] url changed: this takes a restart" in proc.text
+    assert not (tmp_path / "elsewhere.db").exists()
+    config.write_text(body)  # read the trail the gateway kept writing to
+    rows = await query(config, "--kind", "tools/call")
+    assert [json.loads(r["arguments"])["text"] for r in rows] == ["project-falcon", "[REDACTED]"]
