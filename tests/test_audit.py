@@ -384,13 +384,12 @@ async def test_lineage_in_every_era_combination(tmp_path: Path, agent_mode: str,
 async def test_reload_applies_new_redaction_and_says_a_new_store_needs_a_restart(tmp_path: Path) -> None:
     body = stdio_server_toml("kit", KIT)
     config = write_config(tmp_path, body)
-    async with gateway_http(config) as (base, proc):
-        async with Client(f"{base}/mcp", mode="legacy", cache=None) as agent:
-            await agent.call_tool("kit__echo", {"text": "project-falcon"})
-            config.write_text(config.read_text() + '\n[audit]\nurl = "sqlite:///elsewhere.db"\n'
-                              '[audit.redact]\npatterns = ["project-[a-z]+"]\n')
-            await proc.wait_for("configuration reloaded")
-            await agent.call_tool("kit__echo", {"text": "project-falcon"})
+    async with gateway_http(config) as (base, proc), Client(f"{base}/mcp", mode="legacy", cache=None) as agent:
+        await agent.call_tool("kit__echo", {"text": "project-falcon"})
+        config.write_text(config.read_text() + '\n[audit]\nurl = "sqlite:///elsewhere.db"\n'
+                          '[audit.redact]\npatterns = ["project-[a-z]+"]\n')
+        await proc.wait_for("configuration reloaded")
+        await agent.call_tool("kit__echo", {"text": "project-falcon"})
     assert "[audit] url changed: this takes a restart" in proc.text
     assert not (tmp_path / "elsewhere.db").exists()
     config.write_text(body)  # read the trail the gateway kept writing to
