@@ -40,15 +40,35 @@ MIN_SECRET_LENGTH = 6
 
 
 def configured_secrets(config: Config) -> list[str]:
-    """Values the gateway holds on the agent's behalf and must never write down."""
+    """Values the gateway holds on the agent's behalf and must never write down: every `env` and
+    `headers` value, and every value under a key that names a secret (`token`, `password`,
+    `client_secret`, an auth table's `value`...), wherever it sits in the config."""
     found: set[str] = set()
-    for server in config.servers.values():
-        values: list[str] = list(getattr(server, "env", {}).values()) + list(getattr(server, "headers", {}).values())
-        for value in values:
-            found.add(value)
-            scheme, _, credential = value.partition(" ")
+    secret_key = re.compile(f"(?i:{SECRET_KEYS})")
+
+    def add(value: Any) -> None:
+        if isinstance(value, str):
+            raw = str.__str__(value)  # a str subclass may print a marker instead of itself
+            found.add(raw)
+            scheme, _, credential = raw.partition(" ")
             if credential and scheme.lower() in ("bearer", "basic", "token"):
                 found.add(credential)
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in ("env", "headers") and isinstance(item, dict):
+                    for leaf in item.values():
+                        add(leaf)
+                elif isinstance(key, str) and not key.endswith("_url") and (key == "value" or secret_key.search(key)):
+                    add(item)
+                else:
+                    walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    walk(config.model_dump())
     return sorted((v for v in found if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True)
 
 
