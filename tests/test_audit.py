@@ -170,6 +170,7 @@ async def test_sigterm_flushes_every_record(tmp_path: Path) -> None:
         proc.proc.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
             await proc.proc.wait()
+    assert "AUDIT RECORDS" not in proc.text  # nothing dropped or lost on the way out
     rows = await query(config, "--kind", "tools/call")
     assert [json.loads(r["arguments"])["text"] for r in rows] == [f"call {i}" for i in range(40)]
     _, out, _ = await mcpgw(config, "verify")
