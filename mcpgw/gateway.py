@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
@@ -21,8 +20,9 @@ import anyio.to_thread
 import mcp.types as t
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
+from mcpgw.audit.events import upstream_record
 from mcpgw.audit.redact import Redactor, configured_secrets
-from mcpgw.audit.writer import AuditTrail, blank
+from mcpgw.audit.writer import AuditTrail
 from mcpgw.catalog import Catalog, Kind
 from mcpgw.config.loader import ConfigError, load_config
 from mcpgw.config.models import Config
@@ -32,7 +32,6 @@ from mcpgw.pipeline.stages.dispatch import Dispatch
 from mcpgw.pipeline.stages.identify import Identify
 from mcpgw.pipeline.stages.record import Record
 from mcpgw.pipeline.stages.resolve import Resolve
-from mcpgw.pipeline.step import new_step_id
 from mcpgw.upstream import McpUpstream, Status, Upstream, build_upstream
 
 log = logging.getLogger("mcpgw")
@@ -99,18 +98,13 @@ class Gateway:
         self.config, self.catalog, self.upstreams, self.pipeline = config, catalog, upstreams, pipeline
 
     def _upstream_status(self, upstream: McpUpstream, was: Status) -> None:
-        """Record an upstream coming up, failing to start, or being lost, as a step of its own."""
+        """Record an upstream coming up, failing to start, or being lost."""
         now = upstream.state.status
         if self.trail is None or self._redactor is None or now not in (Status.UP, Status.DOWN):
             return
-        row = blank()
-        state = upstream.state
-        row.update(_ns=time.time_ns(), _redactor=self._redactor, step_id=new_step_id(), kind=(
-            "upstream/connect" if now is Status.UP or was is not Status.UP else "upstream/lost"),
-            upstream=upstream.name, target=upstream.name, transport=upstream.config.kind,
-            protocol=state.protocol_version if now is Status.UP else None,
-            outcome="ok" if now is Status.UP else "error", error=state.error)
-        self.trail.submit(row)
+        self.trail.submit(upstream_record(upstream.name, upstream.config.kind, up=now is Status.UP,
+                                          was_up=was is Status.UP, protocol=upstream.state.protocol_version,
+                                          error=upstream.state.error, redactor=self._redactor))
 
     def on_catalog_changed(self, listener: Listener) -> None:
         """Call `listener(kinds)` whenever exported lists change (to send list_changed)."""
