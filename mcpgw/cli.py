@@ -73,7 +73,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         anyio.run(serve_stdio, gateway)
         return 0
-    if not is_loopback(args.host):
+    auth = config.auth
+    if not auth.enabled and not is_loopback(args.host):
         print(
             f"mcpgw: refusing to serve on {args.host}: without [auth] the HTTP front is only offered on "
             "loopback (127.0.0.1, ::1, localhost). Put an authenticating reverse proxy in front, or bind "
@@ -83,7 +84,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     from mcpgw.front.http import serve_http
 
-    log.info("no [auth] configured: the HTTP front accepts unauthenticated clients on loopback only")
+    if auth.enabled:
+        how = " and ".join(x for x in (auth.jwks_url and "JWTs checked against " + auth.jwks_url,
+                                      auth.introspection_url and "opaque tokens introspected at "
+                                      + auth.introspection_url) if x)
+        log.info("[auth]: HTTP callers need an access token from %s for %s (%s)", auth.issuer, auth.audience, how)
+    else:
+        log.info("no [auth] configured: the HTTP front accepts unauthenticated clients on loopback only")
     anyio.run(serve_http, gateway, args.host, args.port)
     return 0
 

@@ -77,7 +77,7 @@ class Gateway:
         routes: dict[str, Upstream] = dict(upstreams)
         pipeline = Pipeline([
             Record(),
-            Identify(),
+            Identify(config.auth),
             Resolve(catalog, config.gateway.call_timeout, timeouts, startup=self.wait_startup),
             Dispatch(catalog, routes),
         ])

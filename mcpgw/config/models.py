@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mcpgw.config.auth import AuthSettings, UpstreamAuth
+
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 """Server names become tool-name prefixes, so they obey the MCP tool-name alphabet."""
 
@@ -99,6 +101,7 @@ class StdioServer(_ServerBase):
 class _RemoteBase(_ServerBase):
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
+    auth: UpstreamAuth | None = Field(default=None, description="credentials the gateway presents upstream")
 
     @field_validator("url")
     @classmethod
@@ -127,13 +130,14 @@ ServerConfig = McpServer
 
 PLANNED_KINDS = frozenset({"openapi", "rest"})
 KNOWN_KINDS = ("stdio", "http", "sse")
-PLANNED_TABLES = frozenset({"auth", "audit", "llm", "limits", "telemetry"})
+PLANNED_TABLES = frozenset({"audit", "llm", "limits", "telemetry"})
 
 
 class Config(_Model):
     """One immutable snapshot of `servers.toml`."""
 
     gateway: GatewaySettings = GatewaySettings()
+    auth: AuthSettings = AuthSettings()
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
     source: Path | None = Field(default=None, exclude=True, description="the file this snapshot was read from")
 

@@ -42,3 +42,16 @@ class UpstreamTimeout(StepError):
 
 class UpstreamProtocolError(StepError):
     """The upstream answered with a JSON-RPC error; code and message are the upstream's own."""
+
+
+class Unauthenticated(StepError):
+    """No identity could be established for the step (the HTTP layer normally refuses first)."""
+
+    outcome = Outcome.UNAUTHENTICATED
+
+
+class UpstreamCredentialError(StepError):
+    """The gateway could not obtain the credential an upstream needs (e.g. a refused token
+    exchange). The call is not forwarded: it fails closed rather than going out unauthenticated."""
+
+    outcome = Outcome.DENIED
