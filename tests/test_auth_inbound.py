@@ -18,6 +18,7 @@ from typing import Any
 import httpx2
 import pytest
 from mcp import Client
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
 from .auth_support import (
@@ -214,3 +215,17 @@ async def test_a_session_is_bound_to_the_principal_that_opened_it(tmp_path: Path
                 "MCP-Protocol-Version": "2025-11-25"})
         assert hijack.status_code in (403, 404), hijack.text
         assert gw.forwarded() == []
+
+
+async def test_legacy_sse_front_requires_the_token_too(tmp_path: Path) -> None:
+    async with protected_gateway(tmp_path) as gw:
+        token = await gw.auth.mint(await gw.good_claims())
+        async with Client(sse_client(f"{gw.url}/sse", headers={"Authorization": f"Bearer {token}"}),
+                          mode="legacy", cache=None) as agent:
+            assert text(await agent.call_tool("kit__echo", {"text": "over sse"})) == "over sse"
+        async with httpx2.AsyncClient(timeout=10) as http:
+            refused = await http.get(f"{gw.url}/sse")
+            posted = await http.post(f"{gw.url}/messages/?session_id=00000000000000000000000000000000", json={})
+        assert refused.status_code == 401 and posted.status_code == 401
+        www_authenticate(refused)
+        assert [c["tool"] for c in gw.forwarded()] == ["echo"]
