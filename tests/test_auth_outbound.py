@@ -13,13 +13,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
 from .auth_support import AuthServer, oauth_server, protected_upstream, unverified
-from .conftest import Process, gateway_http, gateway_stdio, text, write_config
+from .conftest import PY, Process, gateway_http, gateway_stdio, text, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -60,12 +61,14 @@ async def test_static_bearer_and_header_are_injected(tmp_path: Path) -> None:
     assert set(up1.seen()) == {"authorization: Bearer static-secret-1"}
 
 
-async def test_client_credentials_token_is_cached_and_names_the_upstream(tmp_path: Path) -> None:
+@pytest.mark.parametrize("token_url", ["configured", "discovered"])
+async def test_client_credentials_token_is_cached_and_names_the_upstream(tmp_path: Path, token_url: str) -> None:
     async with oauth_server(clients={"mcpgw": CLIENT_SECRET}) as auth, protected_upstream(auth=auth) as up:
+        where = f'token_url = "{auth.token_url}"' if token_url == "configured" else ""
         config = write_config(tmp_path, remote(up.url, f"""
             [servers.prot.auth]
             type = "oauth_client_credentials"
-            token_url = "{auth.token_url}"
+            {where}
             client_id = "mcpgw"
             client_secret = "{CLIENT_SECRET}"
             scopes = ["mcp"]
@@ -187,3 +190,18 @@ async def test_no_secret_or_token_appears_in_any_output_channel(tmp_path: Path) 
             assert not leaks, f"a secret ({unverified(secret)[1].get('sub') if '.' in secret else 'client secret'})" \
                               f" leaked into: {leaks}"
     assert "alice" in proc.text or "mallory" in proc.text, "the log does say whose session/exchange it was"
+
+
+async def test_failed_discovery_is_reported_by_check(tmp_path: Path) -> None:
+    async with protected_upstream(static_bearer="irrelevant") as up:
+        config = write_config(tmp_path, remote(up.url, """
+            [servers.prot.auth]
+            type = "oauth_client_credentials"
+            client_id = "mcpgw"
+            client_secret = "s"
+            """), gateway="connect_timeout = 20\nrestart_backoff = 30")
+        checked = await anyio.run_process([PY, "-m", "mcpgw", "check", "--config", str(config)], check=False)
+    out = checked.stdout.decode()
+    assert checked.returncode == 1, out
+    assert "FAIL prot" in out and "upstream 'prot': cannot find its token endpoint: the protected-resource " \
+        "metadata names no authorization_servers; set token_url" in out, out

@@ -23,6 +23,7 @@ from urllib.parse import quote
 import anyio
 import httpx2
 
+from mcpgw.auth.discovery import DiscoveryError, discover
 from mcpgw.config.auth import (
     ApiKeyAuth,
     BasicAuth,
@@ -58,8 +59,11 @@ class TokenEndpoint:
                  http: httpx2.AsyncClient) -> None:
         self.upstream = upstream
         self.config = config
+        self.upstream_url = upstream_url
         self.audience = config.audience or upstream_url
         self.resource = config.resource or upstream_url
+        self._token_url = config.token_url
+        self._discovery_lock = anyio.Lock()
         self._http = http
         self._cache: dict[tuple[bytes, ...], _Token] = {}
         self._locks: dict[tuple[bytes, ...], anyio.Lock] = {}
@@ -108,8 +112,27 @@ class TokenEndpoint:
             self._cache[key] = token
             return token.value
 
+    async def token_url(self) -> str:
+        """The configured token endpoint, or the one the upstream's metadata leads to (found once)."""
+        if self._token_url is not None:
+            return self._token_url
+        async with self._discovery_lock:
+            if self._token_url is None:
+                try:
+                    found = await discover(self._http, self.upstream_url)
+                except DiscoveryError as exc:
+                    raise UpstreamCredentialError(f"upstream {self.upstream!r}: cannot find its token endpoint: "
+                                                  f"{exc}") from None
+                log.info("auth: upstream %s: token endpoint %s (issuer %s), found by discovery", self.upstream,
+                         found.token_endpoint, found.issuer)
+                if self.config.resource is None and found.resource:
+                    self.resource = found.resource
+                self._token_url = found.token_endpoint
+            return self._token_url
+
     async def _request(self, form: dict[str, str], on_behalf_of: str | None) -> _Token:
         config = self.config
+        token_url = await self.token_url()
         form = {**form, "audience": self.audience, "resource": self.resource}
         if config.scopes:
             form["scope"] = " ".join(config.scopes)
@@ -123,10 +146,10 @@ class TokenEndpoint:
         what = f"token exchange for {on_behalf_of!r}" if on_behalf_of else "client-credentials token"
         self.requests += 1
         try:
-            response = await self._http.post(config.token_url, data=form, headers=headers)
+            response = await self._http.post(token_url, data=form, headers=headers)
         except httpx2.HTTPError as exc:
             raise UpstreamCredentialError(
-                f"upstream {self.upstream!r}: the {what} failed: cannot reach {config.token_url} "
+                f"upstream {self.upstream!r}: the {what} failed: cannot reach {token_url} "
                 f"({type(exc).__name__}); the call was not forwarded"
             ) from None
         body = _json_object(response)
@@ -134,7 +157,7 @@ class TokenEndpoint:
             reason = body.get("error") or f"HTTP {response.status_code}"
             detail = body.get("error_description")
             detail_text = f": {str(detail)[:200]}" if isinstance(detail, str) and detail else ""
-            log.warning("auth: %s for upstream %s refused by %s (%s%s)", what, self.upstream, config.token_url,
+            log.warning("auth: %s for upstream %s refused by %s (%s%s)", what, self.upstream, token_url,
                         reason, detail_text)
             raise UpstreamCredentialError(
                 f"upstream {self.upstream!r}: the {what} was refused by the authorization server "

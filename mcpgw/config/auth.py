@@ -130,7 +130,11 @@ class BasicAuth(_Model):
 
 
 class _TokenEndpoint(_Model):
-    token_url: str
+    token_url: str | None = Field(
+        default=None,
+        description="default: discovered from the upstream's protected-resource metadata (RFC 9728) and its "
+        "authorization server's metadata (RFC 8414)",
+    )
     client_id: str = Field(min_length=1)
     client_secret: str = Field(min_length=1)
     client_auth: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
@@ -141,8 +145,8 @@ class _TokenEndpoint(_Model):
 
     @field_validator("token_url")
     @classmethod
-    def _token_url(cls, value: str) -> str:
-        return _http_url(value)
+    def _token_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
 
 
 class ClientCredentialsAuth(_TokenEndpoint):

@@ -36,7 +36,7 @@ from mcpgw.auth.upstream import TokenEndpoint, connection_auth
 from mcpgw.catalog import Listing
 from mcpgw.config.auth import ClientCredentialsAuth, TokenExchangeAuth
 from mcpgw.config.models import GatewaySettings, HttpServer, ServerConfig, SseServer, StdioServer
-from mcpgw.pipeline.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from mcpgw.pipeline.errors import StepError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from mcpgw.pipeline.step import Asker, Principal, ProgressFn
 from mcpgw.upstream._streams import TappedTransport
 from mcpgw.upstream.base import ListingChanged, LogMessage, ResourceUpdated, Status, UpstreamState
@@ -79,6 +79,8 @@ def describe_failure(exc: BaseException) -> str:
         return f"HTTP error: {type(exc).__name__}"
     if isinstance(exc, _ConnectionLost):
         return str(exc)
+    if isinstance(exc, StepError):
+        return exc.message
     if isinstance(exc, ValidationError):
         return "the server sent a malformed response"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
