@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -24,10 +25,14 @@ from mcpgw.catalog import Catalog, Kind
 from mcpgw.config.loader import ConfigError, load_config
 from mcpgw.config.models import Config
 from mcpgw.pipeline.chain import Pipeline
+from mcpgw.pipeline.stages.approve import Approve
+from mcpgw.pipeline.stages.authorize import Authorize
 from mcpgw.pipeline.stages.dispatch import Dispatch
 from mcpgw.pipeline.stages.identify import Identify
 from mcpgw.pipeline.stages.record import Record
 from mcpgw.pipeline.stages.resolve import Resolve
+from mcpgw.policy.engine import Policy
+from mcpgw.policy.loader import PolicyError, default_policies_dir, load_policies
 from mcpgw.upstream import McpUpstream, Status, Upstream, build_upstream
 
 log = logging.getLogger("mcpgw")
@@ -41,7 +46,11 @@ class Gateway:
     """One running gateway. `config`, `catalog`, `upstreams` and `pipeline` are replaced together
     by `reload`; callers read them through the gateway at use time, never keep them."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, policies: Path | None = None) -> None:
+        """`policies` is the policies folder (default: `policies/` beside the config file); a
+        folder that does not exist means no policy. Raises `PolicyError` for a bad policy."""
+        self.policies_dir = policies if policies is not None else default_policies_dir(config.source)
+        self.policy = Policy(load_policies(self.policies_dir))
         self._listeners: list[Listener] = []
         self._log_listeners: list[LogListener] = []
         self._updated_listeners: list[UpdatedListener] = []
@@ -78,6 +87,8 @@ class Gateway:
         pipeline = Pipeline([
             Record(),
             Identify(config.auth),
+            Authorize(self.policy),
+            Approve(config.gateway.approval_timeout),
             Resolve(catalog, config.gateway.call_timeout, timeouts, startup=self.wait_startup),
             Dispatch(catalog, routes),
         ])
@@ -226,11 +237,27 @@ class Gateway:
         await self.reload(config)
         return True
 
+    async def reload_policies(self) -> bool:
+        """Re-read the policies folder; a bad file is logged precisely and the running policy kept."""
+        try:
+            policy = await anyio.to_thread.run_sync(load_policies, self.policies_dir)
+        except PolicyError as exc:
+            log.error("policies NOT reloaded; still enforcing the previous ones.\n%s", exc)
+            return False
+        async with self._reload_lock:
+            self.policy = Policy(policy)
+            self._install(self.config, reuse=self.upstreams)
+        log.info("policies reloaded from %s: %d role(s), %d rule(s), %d limit(s)", self.policies_dir,
+                 len(policy.roles), len(policy.rules), len(policy.limits))
+        await self._notify(set(Kind))  # what each agent may see may have changed
+        return True
+
     async def _reload_on_sighup(self) -> None:
         with anyio.open_signal_receiver(signal.SIGHUP) as signals:
             async for _ in signals:
-                log.info("SIGHUP: reloading %s", self.config.source)
+                log.info("SIGHUP: reloading %s and %s", self.config.source, self.policies_dir)
                 await self.reload_from_file()
+                await self.reload_policies()
 
     async def _watch_config(self) -> None:
         import watchfiles
@@ -238,16 +265,29 @@ class Gateway:
         source = self.config.source
         assert source is not None
         target = source.resolve()
-        # Watch the directory: editors replace files (write a temp file, rename it over). Only the
-        # config file passes the filter: a log file written beside it must not feed the watcher.
-        def is_config(change: watchfiles.Change, path: str) -> bool:
-            return path == str(target)
+        policies = self.policies_dir.resolve()
+        # Watch the directories, not the files: editors replace files (write a temp file, rename
+        # it over). Only the config file and policy files pass the filter: a log file written
+        # beside them must not feed the watcher. Neither watch is recursive (the config may sit
+        # in a big tree); the policies folder joins the watch when it appears.
+        def is_policy(path: str) -> bool:
+            return path == str(policies) or (path.endswith(".toml") and Path(path).parent == policies)
 
-        async for changes in watchfiles.awatch(target.parent, watch_filter=is_config, debounce=200,
-                                               recursive=False):
-            # awatch reports absolute paths of the watched (resolved) directory's entries.
-            if any(path == str(target) for change, path in changes if change is not watchfiles.Change.deleted):
-                await self.reload_from_file()
+        def is_config(change: watchfiles.Change, path: str) -> bool:
+            return path == str(target) or is_policy(path)
+
+        while True:
+            watching_policies = policies.is_dir()
+            paths = [target.parent, *([policies] if watching_policies else [])]
+            async for changes in watchfiles.awatch(*dict.fromkeys(paths), watch_filter=is_config, debounce=200,
+                                                   recursive=False):
+                # awatch reports absolute paths of the watched (resolved) directories' entries.
+                if any(path == str(target) for change, path in changes if change is not watchfiles.Change.deleted):
+                    await self.reload_from_file()
+                if any(is_policy(path) for _, path in changes):
+                    await self.reload_policies()
+                if policies.is_dir() != watching_policies:
+                    break  # the policies folder appeared or went: watch it (or stop) from now on
 
     def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run `fn` in the gateway's own task group: it outlives the request that started it."""

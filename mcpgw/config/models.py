@@ -45,6 +45,9 @@ class GatewaySettings(_Model):
     )
     watch_config: bool = Field(default=True, description="reload servers.toml when it changes (also on SIGHUP)")
     shutdown_grace: float = Field(default=10.0, ge=0, description="seconds in-flight requests get on shutdown")
+    approval_timeout: float = Field(
+        default=300.0, gt=0, description="seconds a human has to answer an approval question (policy `approve`)"
+    )
     allowed_hosts: tuple[str, ...] = Field(
         default=(),
         description="extra Host header values the HTTP front accepts (loopback names are always accepted)",

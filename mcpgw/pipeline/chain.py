@@ -21,10 +21,10 @@ Next = Callable[[Step], Awaitable[Any]]
 STAGE_ORDER: tuple[str, ...] = (
     "record",  # outermost: timings and outcome of everything inside (audit and tracing hook here)
     "identify",
+    "authorize",  # before resolve: a name the caller may not see is unknown, whichever upstream has it
     "resolve",
-    "authorize",
     "limit",
-    "guard_in",
+    "guard_in",  # human approval, argument guards: last, so nothing is asked of a human for a refused call
     "guard_out",
     "dispatch",  # innermost: hands the step to its upstream
 )
