@@ -21,6 +21,7 @@ from mcpgw import __version__
 from mcpgw.config import Config, ConfigError, load_config
 from mcpgw.gateway import Gateway
 from mcpgw.netutil import is_loopback
+from mcpgw.telemetry import start_telemetry
 from mcpgw.upstream import Status
 
 log = logging.getLogger("mcpgw")
@@ -66,14 +67,7 @@ def _tune_gc() -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
-    gateway = Gateway(config)
-    _tune_gc()
-    if args.transport == "stdio":
-        from mcpgw.front.stdio import serve_stdio
-
-        anyio.run(serve_stdio, gateway)
-        return 0
-    if not is_loopback(args.host):
+    if args.transport != "stdio" and not is_loopback(args.host):
         print(
             f"mcpgw: refusing to serve on {args.host}: without [auth] the HTTP front is only offered on "
             "loopback (127.0.0.1, ::1, localhost). Put an authenticating reverse proxy in front, or bind "
@@ -81,10 +75,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from mcpgw.front.http import serve_http
+    telemetry = start_telemetry(config.telemetry, config.gateway.name)
+    gateway = Gateway(config, telemetry=telemetry)
+    _tune_gc()
+    try:
+        if args.transport == "stdio":
+            from mcpgw.front.stdio import serve_stdio
 
-    log.info("no [auth] configured: the HTTP front accepts unauthenticated clients on loopback only")
-    anyio.run(serve_http, gateway, args.host, args.port)
+            anyio.run(serve_stdio, gateway)
+        else:
+            from mcpgw.front.http import serve_http
+
+            log.info("no [auth] configured: the HTTP front accepts unauthenticated clients on loopback only")
+            anyio.run(serve_http, gateway, args.host, args.port)
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()  # a no-op when the gateway's run already flushed
     return 0
 
 

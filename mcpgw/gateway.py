@@ -19,15 +19,18 @@ import anyio.abc
 import anyio.to_thread
 import mcp.types as t
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
+from opentelemetry.trace import Tracer
 
 from mcpgw.catalog import Catalog, Kind
 from mcpgw.config.loader import ConfigError, load_config
 from mcpgw.config.models import Config
-from mcpgw.pipeline.chain import Pipeline
+from mcpgw.pipeline.chain import Pipeline, Stage
 from mcpgw.pipeline.stages.dispatch import Dispatch
 from mcpgw.pipeline.stages.identify import Identify
 from mcpgw.pipeline.stages.record import Record
 from mcpgw.pipeline.stages.resolve import Resolve
+from mcpgw.pipeline.stages.trace import Trace
+from mcpgw.telemetry import Telemetry
 from mcpgw.upstream import McpUpstream, Status, Upstream, build_upstream
 
 log = logging.getLogger("mcpgw")
@@ -39,9 +42,16 @@ UpdatedListener = Callable[[str], Awaitable[None]]
 
 class Gateway:
     """One running gateway. `config`, `catalog`, `upstreams` and `pipeline` are replaced together
-    by `reload`; callers read them through the gateway at use time, never keep them."""
+    by `reload`; callers read them through the gateway at use time, never keep them.
 
-    def __init__(self, config: Config) -> None:
+    `telemetry` is given when `[telemetry]` is on (see `mcpgw.telemetry`): every step then gets a
+    span, and http/sse upstreams get trace context headers. It is fixed for the process, and
+    flushed when `run` ends (before uvicorn re-raises a SIGTERM it caught, which ends the process).
+    """
+
+    def __init__(self, config: Config, *, telemetry: Telemetry | None = None) -> None:
+        self.telemetry = telemetry
+        self.tracer: Tracer | None = telemetry.tracer if telemetry is not None else None
         self._listeners: list[Listener] = []
         self._log_listeners: list[LogListener] = []
         self._updated_listeners: list[UpdatedListener] = []
@@ -66,7 +76,8 @@ class Gateway:
                 continue
             upstream = reuse.get(name)
             if upstream is None:
-                upstream = build_upstream(name, server, config.gateway, self._listing_changed)
+                upstream = build_upstream(name, server, config.gateway, self._listing_changed,
+                                          trace_headers=self.tracer is not None)
                 upstream.on_log_message(self._log_message)
                 upstream.on_resource_updated(self._resource_updated)
             else:
@@ -75,12 +86,15 @@ class Gateway:
             upstreams[name] = upstream
         timeouts = {name: config.timeout_of(name) for name in config.servers}
         routes: dict[str, Upstream] = dict(upstreams)
-        pipeline = Pipeline([
+        stages: list[Stage] = [
             Record(),
             Identify(),
             Resolve(catalog, config.gateway.call_timeout, timeouts, startup=self.wait_startup),
             Dispatch(catalog, routes),
-        ])
+        ]
+        if self.tracer is not None:
+            stages.append(Trace(self.tracer))
+        pipeline = Pipeline(stages)
         self.config, self.catalog, self.upstreams, self.pipeline = config, catalog, upstreams, pipeline
 
     def on_catalog_changed(self, listener: Listener) -> None:
@@ -133,16 +147,21 @@ class Gateway:
         self._startup_deadline = anyio.current_time() + self.config.gateway.startup_wait
         names = ", ".join(self.upstreams) or "none"
         log.info("starting %d upstream(s): %s", len(self.upstreams), names)
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            for name in self.upstreams:
-                self._start(name)
-            if self.config.source is not None:
-                tg.start_soon(self._reload_on_sighup)
-                if self.config.gateway.watch_config:
-                    tg.start_soon(self._watch_config)
-            self.running.set()
-            task_status.started()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                for name in self.upstreams:
+                    self._start(name)
+                if self.config.source is not None:
+                    tg.start_soon(self._reload_on_sighup)
+                    if self.config.gateway.watch_config:
+                        tg.start_soon(self._watch_config)
+                self.running.set()
+                task_status.started()
+        finally:
+            if self.telemetry is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self.telemetry.shutdown)
 
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:
@@ -196,6 +215,8 @@ class Gateway:
             removed = sorted(n for n in names if table(old, n) is not None and table(config, n) is None)
             changed = sorted(n for n in names if None not in (table(old, n), table(config, n))
                              and table(old, n) != table(config, n))
+            if old.telemetry != config.telemetry:
+                log.warning("[telemetry] changed: the change takes effect when the gateway is restarted")
             if old.gateway.separator != config.gateway.separator:
                 changed = sorted(set(changed) | {n for n in names if table(old, n) and table(config, n)})
             kept = {n: u for n, u in self.upstreams.items() if n not in removed and n not in changed}
