@@ -13,8 +13,8 @@ header values: only names, ids and outcomes.
 
 from __future__ import annotations
 
+import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import mcp.types as t
@@ -30,6 +30,8 @@ from mcpgw.telemetry import PROPAGATOR
 _NAMED = (StepKind.TOOL_CALL, StepKind.PROMPT_GET)
 _RESOURCE = (StepKind.RESOURCE_READ, StepKind.RESOURCE_SUBSCRIBE, StepKind.RESOURCE_UNSUBSCRIBE)
 _NETWORK = {"stdio": "pipe", "http": "tcp", "sse": "tcp"}
+_QUERY = re.compile(r"[?#]")
+_USERINFO = re.compile(r"(://)[^/?#@]*@")
 
 
 class Trace:
@@ -120,14 +122,12 @@ def _finish(span: trace.Span, step: Step) -> None:
 
 
 def _safe_uri(uri: str) -> str:
-    """A URI without userinfo, query or fragment: those are where credentials hide in URIs."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "(unparseable URI)"
-    if not (parts.query or parts.fragment or "@" in parts.netloc):
-        return uri
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+    """A URI without query, fragment or userinfo: those are where credentials hide in URIs.
+
+    Exported URIs nest the upstream's (`mcpgw://db/postgres://user:pw@host/x`), so userinfo is
+    removed after every `://`, not only the outer one.
+    """
+    return _USERINFO.sub(r"\1", _QUERY.split(uri, 1)[0])
 
 
 class TracedAsker:
