@@ -46,7 +46,7 @@ class Gateway:
 
     `telemetry` is given when `[telemetry]` is on (see `mcpgw.telemetry`): every step then gets a
     span, and http/sse upstreams get trace context headers. It is fixed for the process, and
-    flushed when `run` ends (before uvicorn re-raises a SIGTERM it caught, which ends the process).
+    flushed when `run` is cancelled.
     """
 
     def __init__(self, config: Config, *, telemetry: Telemetry | None = None) -> None:
@@ -147,21 +147,29 @@ class Gateway:
         self._startup_deadline = anyio.current_time() + self.config.gateway.startup_wait
         names = ", ".join(self.upstreams) or "none"
         log.info("starting %d upstream(s): %s", len(self.upstreams), names)
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                for name in self.upstreams:
-                    self._start(name)
-                if self.config.source is not None:
-                    tg.start_soon(self._reload_on_sighup)
-                    if self.config.gateway.watch_config:
-                        tg.start_soon(self._watch_config)
-                self.running.set()
-                task_status.started()
-        finally:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            for name in self.upstreams:
+                self._start(name)
+            if self.config.source is not None:
+                tg.start_soon(self._reload_on_sighup)
+                if self.config.gateway.watch_config:
+                    tg.start_soon(self._watch_config)
+            self.running.set()
+            task_status.started()
             if self.telemetry is not None:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self.telemetry.shutdown)
+                await self._flush_telemetry_when_stopped()
+
+    async def _flush_telemetry_when_stopped(self) -> None:
+        """Export the buffered spans as soon as the gateway is told to stop, while its upstreams
+        are being stopped (which may take seconds): an agent host that closed stdin kills the
+        gateway soon after, and uvicorn ends the process with the SIGTERM it caught."""
+        assert self.telemetry is not None
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.telemetry.shutdown)
 
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:

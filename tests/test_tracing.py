@@ -234,13 +234,23 @@ async def test_questions_to_the_agent_are_child_spans_of_the_step(tmp_path: Path
 
 
 @pytest.mark.anyio
-async def test_spans_are_flushed_on_shutdown_and_secrets_stay_out(tmp_path: Path) -> None:
-    """Batches are due only after a minute here: the spans arrive because SIGTERM flushes them.
-    The collector gets its header; neither it, the upstream's credential, the arguments nor a
-    URI's query reach an attribute; the credentials never reach the log."""
+@pytest.mark.parametrize("front", ["http", "stdio"])
+async def test_spans_are_flushed_on_shutdown_and_secrets_stay_out(tmp_path: Path, front: str) -> None:
+    """Batches are due only after a minute here: the spans arrive because shutting down (SIGTERM
+    on HTTP, the agent closing stdin on stdio) flushes them. The collector gets its header;
+    neither it, the upstream's credential, the arguments nor a URI's query reach an attribute;
+    the credentials never reach the log."""
     collector_token, upstream_token, argument, uri_token = (
         f"{what}-{secrets.token_hex(8)}" for what in ("collector", "upstream", "argument", "uri"))
     env = {"COLLECTOR_TOKEN": collector_token, "UP_TOKEN": upstream_token, "OTEL_BSP_SCHEDULE_DELAY": "60000"}
+
+    async def exercise(client: Client) -> None:
+        await client.call_tool("kit__echo", {"text": argument})
+        with pytest.raises(MCPError):
+            await client.read_resource(f"mcpgw://kit/kit://nothing?token={uri_token}")
+        assert receiver.spans == [], "nothing is exported before the schedule delay or shutdown"
+
+    log = ""
     async with otlp_receiver() as receiver, kit_http("http") as (kit_base, _):
         config = write_config(
             tmp_path,
@@ -248,16 +258,18 @@ async def test_spans_are_flushed_on_shutdown_and_secrets_stay_out(tmp_path: Path
             'headers = { Authorization = "Bearer ${UP_TOKEN}" }\n'
             + telemetry_toml(receiver, 'headers = { Authorization = "Bearer ${COLLECTOR_TOKEN}" }'),
         )
-        async with gateway_http(config, "--log-level", "debug", env=env) as (base, gateway):
-            async with Client(f"{base}/mcp", mode="auto", cache=None) as client:
-                await client.call_tool("kit__echo", {"text": argument})
-                with pytest.raises(MCPError):
-                    await client.read_resource(f"mcpgw://kit/kit://nothing?token={uri_token}")
-            assert receiver.spans == [], "nothing is exported before the schedule delay or shutdown"
-            gateway.proc.send_signal(signal.SIGTERM)
-            with anyio.fail_after(20):
-                await gateway.proc.wait()  # uvicorn re-raises the SIGTERM it handled: the status is -15
-            log = gateway.text
+        if front == "stdio":
+            async with Client(gateway_params(config, env=env), mode="auto", cache=None) as client:
+                await exercise(client)
+            # The SDK client closed the gateway's stdin and waited for it to exit.
+        else:
+            async with gateway_http(config, "--log-level", "debug", env=env) as (base, gateway):
+                async with Client(f"{base}/mcp", mode="auto", cache=None) as client:
+                    await exercise(client)
+                gateway.proc.send_signal(signal.SIGTERM)
+                with anyio.fail_after(20):
+                    await gateway.proc.wait()  # uvicorn re-raises the SIGTERM it handled: the status is -15
+                log = gateway.text
     spans = receiver.spans
     names = {s.name for s in spans}
     assert {"tools/call kit__echo", "resources/read", "MCP send tools/call echo"} <= names
