@@ -340,3 +340,16 @@ def test_telemetry_table_is_validated(tmp_path: Path) -> None:
     settings = load_config(path).telemetry
     assert settings.enabled and "hunter2" not in repr(settings)
     assert TelemetrySettings().exporter == "none"
+
+
+@pytest.mark.anyio
+async def test_a_reload_that_changes_telemetry_says_it_needs_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_config(tmp_path, stdio_server_toml("kit", KIT))
+    gateway = Gateway(load_config(path))
+    path.write_text(path.read_text() + '\n[telemetry]\nexporter = "console"\n')
+    with caplog.at_level("WARNING", logger="mcpgw"):
+        await gateway.reload(load_config(path))
+    assert "[telemetry] changed: the change takes effect when the gateway is restarted" in caplog.text
+    assert gateway.tracer is None and "Trace" not in [type(s).__name__ for s in gateway.pipeline.stages]
