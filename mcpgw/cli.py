@@ -23,6 +23,7 @@ from mcpgw.gateway import Gateway
 from mcpgw.netutil import is_loopback
 from mcpgw.policy.explain import parse_principal, print_decisions
 from mcpgw.policy.loader import PolicyError
+from mcpgw.telemetry import start_telemetry
 from mcpgw.upstream import Status
 
 log = logging.getLogger("mcpgw")
@@ -69,32 +70,38 @@ def _tune_gc() -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
-    gateway = Gateway(config, args.policies)
-    _tune_gc()
-    if args.transport == "stdio":
-        from mcpgw.front.stdio import serve_stdio
-
-        anyio.run(serve_stdio, gateway)
-        return 0
     auth = config.auth
-    if not auth.enabled and not is_loopback(args.host):
+    if args.transport != "stdio" and not auth.enabled and not is_loopback(args.host):
         print(
             f"mcpgw: refusing to serve on {args.host}: without [auth] the HTTP front is only offered on "
-            "loopback (127.0.0.1, ::1, localhost). Put an authenticating reverse proxy in front, or bind "
-            "to loopback.",
+            "loopback (127.0.0.1, ::1, localhost). Configure [auth], put an authenticating reverse proxy "
+            "in front, or bind to loopback.",
             file=sys.stderr,
         )
         return 2
-    from mcpgw.front.http import serve_http
+    telemetry = start_telemetry(config.telemetry, config.gateway.name)
+    gateway = Gateway(config, args.policies, telemetry=telemetry)
+    _tune_gc()
+    try:
+        if args.transport == "stdio":
+            from mcpgw.front.stdio import serve_stdio
 
-    if auth.enabled:
-        how = " and ".join(x for x in (auth.jwks_url and "JWTs checked against " + auth.jwks_url,
-                                      auth.introspection_url and "opaque tokens introspected at "
-                                      + auth.introspection_url) if x)
-        log.info("[auth]: HTTP callers need an access token from %s for %s (%s)", auth.issuer, auth.audience, how)
-    else:
-        log.info("no [auth] configured: the HTTP front accepts unauthenticated clients on loopback only")
-    anyio.run(serve_http, gateway, args.host, args.port)
+            anyio.run(serve_stdio, gateway)
+        else:
+            from mcpgw.front.http import serve_http
+
+            if auth.enabled:
+                how = " and ".join(x for x in (auth.jwks_url and "JWTs checked against " + auth.jwks_url,
+                                              auth.introspection_url and "opaque tokens introspected at "
+                                              + auth.introspection_url) if x)
+                log.info("[auth]: HTTP callers need an access token from %s for %s (%s)", auth.issuer,
+                         auth.audience, how)
+            else:
+                log.info("no [auth] configured: the HTTP front accepts unauthenticated clients on loopback only")
+            anyio.run(serve_http, gateway, args.host, args.port)
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()  # a no-op when the gateway's run already flushed
     return 0
 
 

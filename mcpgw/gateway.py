@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -20,19 +21,22 @@ import anyio.abc
 import anyio.to_thread
 import mcp.types as t
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
+from opentelemetry.trace import Tracer
 
 from mcpgw.catalog import Catalog, Kind
 from mcpgw.config.loader import ConfigError, load_config
 from mcpgw.config.models import Config
-from mcpgw.pipeline.chain import Pipeline
+from mcpgw.pipeline.chain import Pipeline, Stage
 from mcpgw.pipeline.stages.approve import Approve
 from mcpgw.pipeline.stages.authorize import Authorize
 from mcpgw.pipeline.stages.dispatch import Dispatch
 from mcpgw.pipeline.stages.identify import Identify
 from mcpgw.pipeline.stages.record import Record
 from mcpgw.pipeline.stages.resolve import Resolve
+from mcpgw.pipeline.stages.trace import Trace
 from mcpgw.policy.engine import Policy
 from mcpgw.policy.loader import PolicyError, default_policies_dir, load_policies
+from mcpgw.telemetry import Telemetry
 from mcpgw.upstream import McpUpstream, Status, Upstream, build_upstream
 
 log = logging.getLogger("mcpgw")
@@ -44,13 +48,23 @@ UpdatedListener = Callable[[str], Awaitable[None]]
 
 class Gateway:
     """One running gateway. `config`, `catalog`, `upstreams` and `pipeline` are replaced together
-    by `reload`; callers read them through the gateway at use time, never keep them."""
+    by `reload`; callers read them through the gateway at use time, never keep them.
 
-    def __init__(self, config: Config, policies: Path | None = None) -> None:
-        """`policies` is the policies folder (default: `policies/` beside the config file); a
-        folder that does not exist means no policy. Raises `PolicyError` for a bad policy."""
+    `policies` is the policies folder (default: `policies/` beside the config file); a folder
+    that does not exist means no policy. A bad policy raises `PolicyError`.
+
+    `telemetry` is given when `[telemetry]` is on (see `mcpgw.telemetry`): every step then gets a
+    span, and http/sse upstreams get trace context headers. It is fixed for the process, and
+    flushed when `run` is cancelled.
+    """
+
+    def __init__(self, config: Config, policies: Path | None = None, *, telemetry: Telemetry | None = None) -> None:
         self.policies_dir = policies if policies is not None else default_policies_dir(config.source)
         self.policy = Policy(load_policies(self.policies_dir))
+        self._approval_key = os.urandom(32)
+        """Seals 2026-07-28 retries of approved calls; per process, kept across reloads."""
+        self.telemetry = telemetry
+        self.tracer: Tracer | None = telemetry.tracer if telemetry is not None else None
         self._listeners: list[Listener] = []
         self._log_listeners: list[LogListener] = []
         self._updated_listeners: list[UpdatedListener] = []
@@ -75,7 +89,8 @@ class Gateway:
                 continue
             upstream = reuse.get(name)
             if upstream is None:
-                upstream = build_upstream(name, server, config.gateway, self._listing_changed)
+                upstream = build_upstream(name, server, config.gateway, self._listing_changed,
+                                          trace_headers=self.tracer is not None)
                 upstream.on_log_message(self._log_message)
                 upstream.on_resource_updated(self._resource_updated)
             else:
@@ -84,14 +99,17 @@ class Gateway:
             upstreams[name] = upstream
         timeouts = {name: config.timeout_of(name) for name in config.servers}
         routes: dict[str, Upstream] = dict(upstreams)
-        pipeline = Pipeline([
+        stages: list[Stage] = [
             Record(),
             Identify(config.auth),
             Authorize(self.policy),
-            Approve(config.gateway.approval_timeout),
+            Approve(config.gateway.approval_timeout, self._approval_key),
             Resolve(catalog, config.gateway.call_timeout, timeouts, startup=self.wait_startup),
             Dispatch(catalog, routes),
-        ])
+        ]
+        if self.tracer is not None:
+            stages.append(Trace(self.tracer))
+        pipeline = Pipeline(stages)
         self.config, self.catalog, self.upstreams, self.pipeline = config, catalog, upstreams, pipeline
 
     def on_catalog_changed(self, listener: Listener) -> None:
@@ -154,6 +172,19 @@ class Gateway:
                     tg.start_soon(self._watch_config)
             self.running.set()
             task_status.started()
+            if self.telemetry is not None:
+                await self._flush_telemetry_when_stopped()
+
+    async def _flush_telemetry_when_stopped(self) -> None:
+        """Export the buffered spans as soon as the gateway is told to stop, while its upstreams
+        are being stopped (which may take seconds): an agent host that closed stdin kills the
+        gateway soon after, and uvicorn ends the process with the SIGTERM it caught."""
+        assert self.telemetry is not None
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.telemetry.shutdown)
 
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:
@@ -207,6 +238,8 @@ class Gateway:
             removed = sorted(n for n in names if table(old, n) is not None and table(config, n) is None)
             changed = sorted(n for n in names if None not in (table(old, n), table(config, n))
                              and table(old, n) != table(config, n))
+            if old.telemetry != config.telemetry:
+                log.warning("[telemetry] changed: the change takes effect when the gateway is restarted")
             if old.gateway.separator != config.gateway.separator:
                 changed = sorted(set(changed) | {n for n in names if table(old, n) and table(config, n)})
             kept = {n: u for n, u in self.upstreams.items() if n not in removed and n not in changed}

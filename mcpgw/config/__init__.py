@@ -5,7 +5,16 @@ else receives a `Config`.
 """
 
 from mcpgw.config.loader import ConfigError, Problem, load_config, parse_config
-from mcpgw.config.models import Config, GatewaySettings, HttpServer, ServerConfig, SseServer, StdioServer, ToolFilter
+from mcpgw.config.models import (
+    Config,
+    GatewaySettings,
+    HttpServer,
+    ServerConfig,
+    SseServer,
+    StdioServer,
+    TelemetrySettings,
+    ToolFilter,
+)
 
 __all__ = [
     "Config",
@@ -16,6 +25,7 @@ __all__ = [
     "ServerConfig",
     "SseServer",
     "StdioServer",
+    "TelemetrySettings",
     "ToolFilter",
     "load_config",
     "parse_config",

@@ -19,7 +19,8 @@ from mcpgw.pipeline.step import Step
 Next = Callable[[Step], Awaitable[Any]]
 
 STAGE_ORDER: tuple[str, ...] = (
-    "record",  # outermost: timings and outcome of everything inside (audit and tracing hook here)
+    "trace",  # outermost: the step's span, current for every stage inside (only when [telemetry] is on)
+    "record",  # timings and outcome of everything inside, within the step's span (audit hooks here)
     "identify",
     "authorize",  # before resolve: a name the caller may not see is unknown, whichever upstream has it
     "resolve",

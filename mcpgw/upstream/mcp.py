@@ -38,6 +38,7 @@ from mcpgw.config.auth import ClientCredentialsAuth, TokenExchangeAuth
 from mcpgw.config.models import GatewaySettings, HttpServer, ServerConfig, SseServer, StdioServer
 from mcpgw.pipeline.errors import StepError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from mcpgw.pipeline.step import Asker, Principal, ProgressFn
+from mcpgw.telemetry import inject_trace_headers
 from mcpgw.upstream._streams import TappedTransport
 from mcpgw.upstream.base import ListingChanged, LogMessage, ResourceUpdated, Status, UpstreamState
 from mcpgw.upstream.delegated import DelegatedSessions
@@ -95,8 +96,11 @@ class McpUpstream:
         config: ServerConfig,
         settings: GatewaySettings,
         on_listing_changed: ListingChanged,
+        *,
+        trace_headers: bool = False,
     ) -> None:
         self.name = name
+        self._http_hooks: dict[str, list[Any]] = {"request": [inject_trace_headers]} if trace_headers else {}
         self.config = config
         self.settings = settings
         self.state = UpstreamState()
@@ -293,7 +297,8 @@ class McpUpstream:
                 yield stdio_client(params, errlog=errlog)
         elif isinstance(config, HttpServer):
             timeout = httpx2.Timeout(self.settings.connect_timeout, read=None)
-            async with httpx2.AsyncClient(headers=dict(config.headers), timeout=timeout, auth=auth) as http:
+            async with httpx2.AsyncClient(headers=dict(config.headers), timeout=timeout, auth=auth,
+                                          event_hooks=self._http_hooks) as http:
                 yield streamable_http_client(config.url, http_client=http)
         elif isinstance(config, SseServer):
             yield sse_client(
@@ -302,9 +307,18 @@ class McpUpstream:
                 timeout=self.settings.connect_timeout,
                 sse_read_timeout=config.sse_read_timeout,
                 auth=auth,
+                httpx_client_factory=self._http_client,
             )
         else:  # pragma: no cover - the config model admits nothing else
             raise TypeError(f"unsupported upstream kind {config.kind!r}")
+
+    def _http_client(
+        self, headers: dict[str, str] | None = None, timeout: httpx2.Timeout | None = None,
+        auth: httpx2.Auth | None = None,
+    ) -> httpx2.AsyncClient:
+        """The SSE transport's HTTP client: the SDK's default, plus the request hooks."""
+        return httpx2.AsyncClient(headers=headers, timeout=timeout or httpx2.Timeout(30, read=300), auth=auth,
+                                  event_hooks=self._http_hooks)
 
     @asynccontextmanager
     async def _stderr_pipe(self) -> Any:

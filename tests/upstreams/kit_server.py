@@ -144,7 +144,10 @@ class Kit:
             return await self.ask(ctx, params, name)
         if name == "meta":
             raw = (ctx.params or {}).get("_meta") or {}
-            return t.CallToolResult(content=[t.TextContent(type="text", text="meta")], structured_content={"meta": raw})
+            seen: dict[str, Any] = {"meta": raw}
+            if ctx.request is not None:  # over HTTP: the W3C trace context headers of this request, too
+                seen["headers"] = {k: v for k, v in ctx.request.headers.items() if k in ("traceparent", "tracestate")}
+            return t.CallToolResult(content=[t.TextContent(type="text", text="meta")], structured_content=seen)
         if name in self.tools:
             return text(f"{self.name}:{name}")
         raise MCPError(t.INVALID_PARAMS, f"Unknown tool: {name}")
