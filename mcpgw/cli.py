@@ -24,6 +24,9 @@ from mcpgw.audit.store import StoreError
 from mcpgw.config import Config, ConfigError, load_config
 from mcpgw.gateway import Gateway
 from mcpgw.netutil import is_loopback
+from mcpgw.policy.explain import parse_principal, print_decisions
+from mcpgw.policy.loader import PolicyError
+from mcpgw.telemetry import start_telemetry
 from mcpgw.upstream import Status
 
 log = logging.getLogger("mcpgw")
@@ -51,7 +54,8 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=Path(os.environ.get("MCPGW_CONFIG", "servers.toml")),
                         help="path to servers.toml (default: ./servers.toml, or $MCPGW_CONFIG)")
     parser.add_argument("--policies", type=Path, default=None,
-                        help="policies directory (default: policies/ beside the config; not used yet)")
+                        help="policies folder: every *.toml in it is merged (default: policies/ beside the "
+                             "config; no folder = no policy)")
     parser.add_argument("--log-level", default=os.environ.get("MCPGW_LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"])
 
@@ -69,31 +73,44 @@ def _tune_gc() -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
-    gateway = Gateway(config, audit=True)
-    _tune_gc()
-    if args.transport == "stdio":
-        from mcpgw.front.stdio import serve_stdio
-
-        anyio.run(serve_stdio, gateway)
-        return 0
-    if not is_loopback(args.host):
+    auth = config.auth
+    if args.transport != "stdio" and not auth.enabled and not is_loopback(args.host):
         print(
             f"mcpgw: refusing to serve on {args.host}: without [auth] the HTTP front is only offered on "
-            "loopback (127.0.0.1, ::1, localhost). Put an authenticating reverse proxy in front, or bind "
-            "to loopback.",
+            "loopback (127.0.0.1, ::1, localhost). Configure [auth], put an authenticating reverse proxy "
+            "in front, or bind to loopback.",
             file=sys.stderr,
         )
         return 2
-    from mcpgw.front.http import serve_http
+    telemetry = start_telemetry(config.telemetry, config.gateway.name)
+    gateway = Gateway(config, args.policies, telemetry=telemetry, audit=True)
+    _tune_gc()
+    try:
+        if args.transport == "stdio":
+            from mcpgw.front.stdio import serve_stdio
 
-    log.info("no [auth] configured: the HTTP front accepts unauthenticated clients on loopback only")
-    anyio.run(serve_http, gateway, args.host, args.port)
+            anyio.run(serve_stdio, gateway)
+        else:
+            from mcpgw.front.http import serve_http
+
+            if auth.enabled:
+                how = " and ".join(x for x in (auth.jwks_url and "JWTs checked against " + auth.jwks_url,
+                                              auth.introspection_url and "opaque tokens introspected at "
+                                              + auth.introspection_url) if x)
+                log.info("[auth]: HTTP callers need an access token from %s for %s (%s)", auth.issuer,
+                         auth.audience, how)
+            else:
+                log.info("no [auth] configured: the HTTP front accepts unauthenticated clients on loopback only")
+            anyio.run(serve_http, gateway, args.host, args.port)
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()  # a no-op when the gateway's run already flushed
     return 0
 
 
-async def _settle(config: Config) -> tuple[Gateway, dict[str, Any]]:
+async def _settle(config: Config, policies: Path | None = None) -> tuple[Gateway, dict[str, Any]]:
     """Start every upstream once, wait until each is up or has failed, and take a report."""
-    gateway = Gateway(config)
+    gateway = Gateway(config, policies)
     async with anyio.create_task_group() as tg:
         await tg.start(gateway.run)
         await gateway.wait_settled(config.gateway.connect_timeout + 1)
@@ -104,8 +121,17 @@ async def _settle(config: Config) -> tuple[Gateway, dict[str, Any]]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
+    principal = parse_principal(args.as_) if args.as_ else None
     print(f"{config.source}: configuration is valid ({len(config.servers)} server(s))")
-    gateway, report = anyio.run(_settle, config)
+    gateway, report = anyio.run(_settle, config, args.policies)
+    policy = gateway.policy
+    if not args.json:
+        if policy.present:
+            print(f"{gateway.policies_dir}: policy is valid ({len(policy.source.roles)} role(s), "
+                  f"{len(policy.source.rules)} rule(s), {len(policy.source.limits)} limit(s); "
+                  f"default {policy.source.defaults.effect})")
+        else:
+            print(f"{gateway.policies_dir}: no policies folder: every tool is allowed to every caller")
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     failed = False
@@ -136,12 +162,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     for info in report["upstreams"].values():
         if info["status"] != Status.UP.value or any("withheld" in p for p in info["catalog_problems"]):
             failed = True
+    if principal is not None:
+        print_decisions(gateway, principal)
     return 1 if failed else 0
 
 
 def cmd_tools(args: argparse.Namespace) -> int:
     config = _load(args)
-    gateway, report = anyio.run(_settle, config)
+    gateway, report = anyio.run(_settle, config, args.policies)
     tools = gateway.catalog.tools
     if args.json:
         print(json.dumps([t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools], indent=2))
@@ -173,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the config, start every upstream once, print the catalog")
     _add_config_args(check)
     check.add_argument("--json", action="store_true", help="print the readiness report as JSON")
+    check.add_argument("--as", dest="as_", metavar="PRINCIPAL", default=None,
+                       help="also print, for every tool, what the policy decides for this caller, e.g. "
+                            "'sub=alice,scopes=support+billing,client=cli,groups=ops'")
     check.set_defaults(func=cmd_check)
 
     tools = sub.add_parser("tools", help="list the namespaced tool catalog")
@@ -203,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
+        return 2
+    except PolicyError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"mcpgw: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -19,6 +21,7 @@ import anyio.abc
 import anyio.to_thread
 import mcp.types as t
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
+from opentelemetry.trace import Tracer
 
 from mcpgw.audit.events import upstream_record
 from mcpgw.audit.redact import Redactor, configured_secrets
@@ -27,11 +30,17 @@ from mcpgw.catalog import Catalog, Kind
 from mcpgw.config.loader import ConfigError, load_config
 from mcpgw.config.models import Config
 from mcpgw.pipeline.chain import Pipeline, Stage
+from mcpgw.pipeline.stages.approve import Approve
 from mcpgw.pipeline.stages.audit import Audit
+from mcpgw.pipeline.stages.authorize import Authorize
 from mcpgw.pipeline.stages.dispatch import Dispatch
 from mcpgw.pipeline.stages.identify import Identify
 from mcpgw.pipeline.stages.record import Record
 from mcpgw.pipeline.stages.resolve import Resolve
+from mcpgw.pipeline.stages.trace import Trace
+from mcpgw.policy.engine import Policy
+from mcpgw.policy.loader import PolicyError, default_policies_dir, load_policies
+from mcpgw.telemetry import Telemetry
 from mcpgw.upstream import McpUpstream, Status, Upstream, build_upstream
 
 log = logging.getLogger("mcpgw")
@@ -43,11 +52,27 @@ UpdatedListener = Callable[[str], Awaitable[None]]
 
 class Gateway:
     """One running gateway. `config`, `catalog`, `upstreams` and `pipeline` are replaced together
-    by `reload`; callers read them through the gateway at use time, never keep them."""
+    by `reload`; callers read them through the gateway at use time, never keep them.
 
-    def __init__(self, config: Config, *, audit: bool = False) -> None:
-        """`audit`: record steps to `config.audit` (what `mcpgw serve` asks for; `check`, `tools`
-        and embedded uses do not write an audit trail)."""
+    `policies` is the policies folder (default: `policies/` beside the config file); a folder
+    that does not exist means no policy. A bad policy raises `PolicyError`.
+
+    `telemetry` is given when `[telemetry]` is on (see `mcpgw.telemetry`): every step then gets a
+    span, and http/sse upstreams get trace context headers. It is fixed for the process, and
+    flushed when `run` is cancelled.
+
+    `audit`: record steps to `config.audit` (what `mcpgw serve` asks for; `check`, `tools` and
+    embedded uses do not write an audit trail). Like telemetry, fixed for the process.
+    """
+
+    def __init__(self, config: Config, policies: Path | None = None, *, telemetry: Telemetry | None = None,
+                 audit: bool = False) -> None:
+        self.policies_dir = policies if policies is not None else default_policies_dir(config.source)
+        self.policy = Policy(load_policies(self.policies_dir))
+        self._approval_key = os.urandom(32)
+        """Seals 2026-07-28 retries of approved calls; per process, kept across reloads."""
+        self.telemetry = telemetry
+        self.tracer: Tracer | None = telemetry.tracer if telemetry is not None else None
         self.trail = AuditTrail(config.audit) if audit and config.audit.enabled else None
         self._redactor: Redactor | None = None
         self._listeners: list[Listener] = []
@@ -74,7 +99,8 @@ class Gateway:
                 continue
             upstream = reuse.get(name)
             if upstream is None:
-                upstream = build_upstream(name, server, config.gateway, self._listing_changed)
+                upstream = build_upstream(name, server, config.gateway, self._listing_changed,
+                                          trace_headers=self.tracer is not None)
                 upstream.on_log_message(self._log_message)
                 upstream.on_resource_updated(self._resource_updated)
                 upstream.on_status(self._upstream_status)
@@ -84,17 +110,20 @@ class Gateway:
             upstreams[name] = upstream
         timeouts = {name: config.timeout_of(name) for name in config.servers}
         routes: dict[str, Upstream] = dict(upstreams)
-        stages: list[Stage] = []
+        stages: list[Stage] = [
+            Record(),
+            Identify(config.auth),
+            Authorize(self.policy),
+            Approve(config.gateway.approval_timeout, self._approval_key),
+            Resolve(catalog, config.gateway.call_timeout, timeouts, startup=self.wait_startup),
+            Dispatch(catalog, routes),
+        ]
+        if self.tracer is not None:
+            stages.append(Trace(self.tracer))
         if self.trail is not None:
             self._redactor = Redactor(config.audit.redact, configured_secrets(config))
             stages.append(Audit(self.trail, config.audit, self._redactor))
-        pipeline = Pipeline([
-            *stages,
-            Record(),
-            Identify(),
-            Resolve(catalog, config.gateway.call_timeout, timeouts, startup=self.wait_startup),
-            Dispatch(catalog, routes),
-        ])
+        pipeline = Pipeline(stages)
         self.config, self.catalog, self.upstreams, self.pipeline = config, catalog, upstreams, pipeline
 
     def _upstream_status(self, upstream: McpUpstream, was: Status) -> None:
@@ -169,14 +198,39 @@ class Gateway:
                     tg.start_soon(self._reload_on_sighup)
                     if self.config.gateway.watch_config:
                         tg.start_soon(self._watch_config)
+                if self.trail is not None:
+                    tg.start_soon(self._flush_audit_when_stopped)
                 self.running.set()
                 task_status.started()
+                if self.telemetry is not None:
+                    await self._flush_telemetry_when_stopped()
         finally:
             if self.trail is not None:
                 # Every step has ended by now (the fronts stop serving before they stop the
-                # gateway; parked calls were just cancelled and recorded): write what is queued.
+                # gateway; parked calls were just cancelled and recorded): write what is left.
                 with anyio.CancelScope(shield=True):
                     await self.trail.aclose(timeout=max(self.config.gateway.shutdown_grace, 5.0))
+
+    async def _flush_telemetry_when_stopped(self) -> None:
+        """Export the buffered spans as soon as the gateway is told to stop, while its upstreams
+        are being stopped (which may take seconds): an agent host that closed stdin kills the
+        gateway soon after, and uvicorn ends the process with the SIGTERM it caught."""
+        assert self.telemetry is not None
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.telemetry.shutdown)
+
+    async def _flush_audit_when_stopped(self) -> None:
+        """Write the queued audit records as soon as the gateway is told to stop, for the same
+        reason; `run` closes the trail after the upstreams have stopped, with whatever came since."""
+        assert self.trail is not None
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.trail.flush(timeout=max(self.config.gateway.shutdown_grace, 5.0))
 
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:
@@ -230,6 +284,8 @@ class Gateway:
             removed = sorted(n for n in names if table(old, n) is not None and table(config, n) is None)
             changed = sorted(n for n in names if None not in (table(old, n), table(config, n))
                              and table(old, n) != table(config, n))
+            if old.telemetry != config.telemetry:
+                log.warning("[telemetry] changed: the change takes effect when the gateway is restarted")
             if old.gateway.separator != config.gateway.separator:
                 changed = sorted(set(changed) | {n for n in names if table(old, n) and table(config, n)})
             kept = {n: u for n, u in self.upstreams.items() if n not in removed and n not in changed}
@@ -271,11 +327,27 @@ class Gateway:
         await self.reload(config)
         return True
 
+    async def reload_policies(self) -> bool:
+        """Re-read the policies folder; a bad file is logged precisely and the running policy kept."""
+        try:
+            policy = await anyio.to_thread.run_sync(load_policies, self.policies_dir)
+        except PolicyError as exc:
+            log.error("policies NOT reloaded; still enforcing the previous ones.\n%s", exc)
+            return False
+        async with self._reload_lock:
+            self.policy = Policy(policy)
+            self._install(self.config, reuse=self.upstreams)
+        log.info("policies reloaded from %s: %d role(s), %d rule(s), %d limit(s)", self.policies_dir,
+                 len(policy.roles), len(policy.rules), len(policy.limits))
+        await self._notify(set(Kind))  # what each agent may see may have changed
+        return True
+
     async def _reload_on_sighup(self) -> None:
         with anyio.open_signal_receiver(signal.SIGHUP) as signals:
             async for _ in signals:
-                log.info("SIGHUP: reloading %s", self.config.source)
+                log.info("SIGHUP: reloading %s and %s", self.config.source, self.policies_dir)
                 await self.reload_from_file()
+                await self.reload_policies()
 
     async def _watch_config(self) -> None:
         import watchfiles
@@ -283,16 +355,29 @@ class Gateway:
         source = self.config.source
         assert source is not None
         target = source.resolve()
-        # Watch the directory: editors replace files (write a temp file, rename it over). Only the
-        # config file passes the filter: a log file written beside it must not feed the watcher.
-        def is_config(change: watchfiles.Change, path: str) -> bool:
-            return path == str(target)
+        policies = self.policies_dir.resolve()
+        # Watch the directories, not the files: editors replace files (write a temp file, rename
+        # it over). Only the config file and policy files pass the filter: a log file written
+        # beside them must not feed the watcher. Neither watch is recursive (the config may sit
+        # in a big tree); the policies folder joins the watch when it appears.
+        def is_policy(path: str) -> bool:
+            return path == str(policies) or (path.endswith(".toml") and Path(path).parent == policies)
 
-        async for changes in watchfiles.awatch(target.parent, watch_filter=is_config, debounce=200,
-                                               recursive=False):
-            # awatch reports absolute paths of the watched (resolved) directory's entries.
-            if any(path == str(target) for change, path in changes if change is not watchfiles.Change.deleted):
-                await self.reload_from_file()
+        def is_config(change: watchfiles.Change, path: str) -> bool:
+            return path == str(target) or is_policy(path)
+
+        while True:
+            watching_policies = policies.is_dir()
+            paths = [target.parent, *([policies] if watching_policies else [])]
+            async for changes in watchfiles.awatch(*dict.fromkeys(paths), watch_filter=is_config, debounce=200,
+                                                   recursive=False):
+                # awatch reports absolute paths of the watched (resolved) directories' entries.
+                if any(path == str(target) for change, path in changes if change is not watchfiles.Change.deleted):
+                    await self.reload_from_file()
+                if any(is_policy(path) for _, path in changes):
+                    await self.reload_policies()
+                if policies.is_dir() != watching_policies:
+                    break  # the policies folder appeared or went: watch it (or stop) from now on
 
     def spawn(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run `fn` in the gateway's own task group: it outlives the request that started it."""

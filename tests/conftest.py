@@ -66,9 +66,10 @@ def gateway_params(config: Path, env: dict[str, str] | None = None) -> StdioServ
 
 
 @asynccontextmanager
-async def gateway_stdio(config: Path, mode: str = "auto", **client_kw: Any) -> AsyncIterator[Client]:
+async def gateway_stdio(config: Path, mode: str = "auto", env: dict[str, str] | None = None,
+                        **client_kw: Any) -> AsyncIterator[Client]:
     """A gateway subprocess on stdio, and an SDK client connected to it."""
-    async with Client(gateway_params(config), mode=mode, cache=None, **client_kw) as client:
+    async with Client(gateway_params(config, env), mode=mode, cache=None, **client_kw) as client:
         yield client
 
 

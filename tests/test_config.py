@@ -148,14 +148,14 @@ def test_bad_server_name_and_separator() -> None:
 
 def test_planned_kinds_and_tables_are_refused_not_ignored() -> None:
     out = problems("""
-        [auth]
-        issuer = "https://idp.example.com"
+        [llm]
+        default = "openai"
 
         [servers.pets]
         kind = "openapi"
         spec = "x.json"
         """)
-    assert any(line.startswith("/etc/mcpgw/servers.toml:2: auth: [auth] is not supported") for line in out)
+    assert any(line.startswith("/etc/mcpgw/servers.toml:2: llm: [llm] is not supported") for line in out)
     assert "/etc/mcpgw/servers.toml:6: servers.pets.kind: kind 'openapi' is not supported by this version of " \
            "mcpgw yet" in out
 

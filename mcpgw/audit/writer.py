@@ -137,6 +137,7 @@ class AuditTrail:
         self._batch_size = settings.batch_size
         self._interval = settings.flush_interval
         self._wake = threading.Event()
+        self._drained = threading.Condition()
         self._attempted = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -215,6 +216,18 @@ class AuditTrail:
             self._thread = threading.Thread(target=self._run, name="mcpgw-audit", daemon=True)
             self._thread.start()
 
+    async def flush(self, timeout: float) -> bool:
+        """Write what is queued now (bounded by `timeout`); True if the queue emptied."""
+        self._wake.set()
+        return await anyio.to_thread.run_sync(self._wait_drained, timeout)
+
+    def _wait_drained(self, timeout: float) -> bool:
+        with self._drained:
+            return self._drained.wait_for(lambda: not self.queued or not self._running(), timeout)
+
+    def _running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     async def aclose(self, timeout: float = 10.0) -> None:
         """Write every queued record (bounded by `timeout` while the store is unreachable), then stop."""
         self.closed = True
@@ -246,6 +259,8 @@ class AuditTrail:
                 backoff = min(max(backoff * 2, 0.1), RETRY_MAX)
                 continue  # even when stopping: aclose's join timeout bounds how long it is waited for
             backoff = self._interval
+            with self._drained:
+                self._drained.notify_all()
             if stopping and not self.queued:
                 self._close_writer()
                 return

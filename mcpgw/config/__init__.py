@@ -14,6 +14,7 @@ from mcpgw.config.models import (
     ServerConfig,
     SseServer,
     StdioServer,
+    TelemetrySettings,
     ToolFilter,
 )
 
@@ -28,6 +29,7 @@ __all__ = [
     "ServerConfig",
     "SseServer",
     "StdioServer",
+    "TelemetrySettings",
     "ToolFilter",
     "load_config",
     "parse_config",

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from mcpgw.config._lines import KeyPath, line_of, locate_keys
+from mcpgw.config.auth import AUTH_TYPES
 from mcpgw.config.models import KNOWN_KINDS, NAME_RE, PLANNED_KINDS, PLANNED_TABLES, Config
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -120,7 +121,29 @@ def _precheck(data: dict[str, Any]) -> list[Problem]:
         elif kind not in KNOWN_KINDS:
             problems.append(Problem(("servers", name, "kind"),
                                     f"unknown kind {kind!r}; expected one of {', '.join(KNOWN_KINDS)}"))
+        problems += _precheck_auth(name, server)
     return problems
+
+
+def _precheck_auth(name: str, server: dict[str, Any]) -> list[Problem]:
+    auth = server.get("auth")
+    if auth is None:
+        return []
+    where = ("servers", name, "auth")
+    if server.get("kind") == "stdio":
+        return [Problem(where, "a stdio upstream gets its secrets through `env` (e.g. env = { API_TOKEN = "
+                        "\"${API_TOKEN}\" }); [servers.NAME.auth] is for http and sse upstreams")]
+    if not isinstance(auth, dict):
+        return [Problem(where, "must be a table")]
+    kind = auth.get("type")
+    if kind is None:
+        return [Problem(where, f"missing key 'type' (one of {', '.join(AUTH_TYPES)})")]
+    if kind in ("passthrough", "forward", "caller"):
+        return [Problem((*where, "type"), "passing the caller's token upstream is not offered: the MCP "
+                        "authorization spec forbids it (a token is for one audience); use token_exchange")]
+    if kind not in AUTH_TYPES:
+        return [Problem((*where, "type"), f"unknown auth type {kind!r}; expected one of {', '.join(AUTH_TYPES)}")]
+    return []
 
 
 def _from_validation_error(err: ValidationError, data: dict[str, Any]) -> list[Problem]:
@@ -132,6 +155,8 @@ def _from_validation_error(err: ValidationError, data: dict[str, Any]) -> list[P
             server = data.get("servers", {}).get(loc[1], {})
             if isinstance(server, dict) and server.get("kind") == loc[2]:
                 del loc[2]
+        if len(loc) >= 4 and loc[0] == "servers" and loc[2] == "auth" and loc[3] in AUTH_TYPES:
+            del loc[3]
         message = item["msg"]
         if item["type"] == "missing":
             message = "missing required key"

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mcpgw.config.auth import AuthSettings, UpstreamAuth
+
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 """Server names become tool-name prefixes, so they obey the MCP tool-name alphabet."""
 
@@ -43,6 +45,9 @@ class GatewaySettings(_Model):
     )
     watch_config: bool = Field(default=True, description="reload servers.toml when it changes (also on SIGHUP)")
     shutdown_grace: float = Field(default=10.0, ge=0, description="seconds in-flight requests get on shutdown")
+    approval_timeout: float = Field(
+        default=300.0, gt=0, description="seconds a human has to answer an approval question (policy `approve`)"
+    )
     allowed_hosts: tuple[str, ...] = Field(
         default=(),
         description="extra Host header values the HTTP front accepts (loopback names are always accepted)",
@@ -99,6 +104,7 @@ class StdioServer(_ServerBase):
 class _RemoteBase(_ServerBase):
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
+    auth: UpstreamAuth | None = Field(default=None, description="credentials the gateway presents upstream")
 
     @field_validator("url")
     @classmethod
@@ -127,7 +133,38 @@ ServerConfig = McpServer
 
 PLANNED_KINDS = frozenset({"openapi", "rest"})
 KNOWN_KINDS = ("stdio", "http", "sse")
-PLANNED_TABLES = frozenset({"auth", "llm", "limits", "telemetry"})
+PLANNED_TABLES = frozenset({"llm", "limits"})
+
+
+class TelemetrySettings(_Model):
+    """The `[telemetry]` table: where the gateway's OpenTelemetry spans go. Off unless an exporter is chosen.
+
+    `headers` are sent to the collector only (they often hold an API key, from `${VAR}`); they
+    are kept out of every repr and log line.
+    """
+
+    exporter: Literal["none", "otlp", "console"] = Field(
+        default="none", description="none (off), otlp (OTLP/HTTP protobuf to `endpoint`), console (JSON on stderr)"
+    )
+    endpoint: str = Field(default="http://127.0.0.1:4318/v1/traces", description="OTLP/HTTP traces URL")
+    headers: dict[str, str] = Field(default_factory=dict, repr=False, description="sent with every export")
+    timeout: float = Field(default=10.0, gt=0, description="seconds one export may take")
+    service_name: str | None = Field(default=None, description="service.name; default: gateway.name")
+    sample_ratio: float = Field(
+        default=1.0, ge=0, le=1, description="share of traces started at the gateway that are kept"
+    )
+    resource: dict[str, str] = Field(default_factory=dict, description="extra resource attributes")
+
+    @property
+    def enabled(self) -> bool:
+        return self.exporter != "none"
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value
 
 
 class AuditRedaction(_Model):
@@ -182,8 +219,10 @@ class Config(_Model):
     """One immutable snapshot of `servers.toml`."""
 
     gateway: GatewaySettings = GatewaySettings()
+    auth: AuthSettings = AuthSettings()
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
     audit: AuditSettings = AuditSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
     source: Path | None = Field(default=None, exclude=True, description="the file this snapshot was read from")
 
     def prefix_of(self, name: str) -> str:

@@ -20,10 +20,12 @@ from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from mcpgw.auth.resource_server import Authenticator, RequireToken
 from mcpgw.front.server import build_server
 from mcpgw.gateway import Gateway
 
@@ -48,6 +50,7 @@ def build_app(gateway: Gateway) -> Starlette:
     security = security_settings(gateway)
     sessions = StreamableHTTPSessionManager(app=server, security_settings=security)
     sse = SseServerTransport("/messages/", security_settings=security)
+    authenticator = Authenticator(gateway)
 
     async def handle_sse(request: Request) -> Response:
         async with sse.connect_sse(request.scope, request.receive, request._send) as (read, write):
@@ -67,8 +70,11 @@ def build_app(gateway: Gateway) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
             await tg.start(gateway.run)
-            async with sessions.run():
-                yield
+            try:
+                async with sessions.run():
+                    yield
+            finally:
+                await authenticator.aclose()
             tg.cancel_scope.cancel()
 
     return Starlette(
@@ -80,6 +86,7 @@ def build_app(gateway: Gateway) -> Starlette:
             Mount("/messages/", app=sse.handle_post_message),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(RequireToken, authenticator=authenticator, name=gateway.config.gateway.name)],
     )
 
 

@@ -41,9 +41,13 @@ from mcpgw.pipeline.step import Asker, Caller, Step, StepKind
 
 log = logging.getLogger("mcpgw.front")
 
-_NOT_FORWARDED_META = ("progressToken", "traceparent", "tracestate")
-"""`_meta` keys that belong to the agent↔gateway hop. Progress is relayed by the gateway with its
-own token upstream, and trace context is re-injected by the SDK for the gateway's own span."""
+_NOT_FORWARDED_META = ("progressToken",)
+"""`_meta` keys that belong to the agent↔gateway hop: progress is relayed by the gateway with its
+own token upstream. Trace context (`traceparent`, `tracestate`) stays in the step's meta: the
+trace stage continues it and replaces it with the gateway's own span when tracing is on; when it
+is off, the upstream continues the agent's trace directly."""
+
+_TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 NOTIFY_TIMEOUT = 2.0
@@ -156,12 +160,24 @@ def _caller(ctx: ServerRequestContext[Any], transport: str) -> Caller:
 
 
 def _forwardable_meta(ctx: ServerRequestContext[Any]) -> dict[str, Any]:
+    """The agent's `_meta` for the upstream, with W3C trace context from the HTTP headers when
+    `_meta` carries none (`_meta` is per MCP request, so it wins)."""
     raw = (ctx.params or {}).get("_meta")
-    if not isinstance(raw, dict):
-        return {}
-    return {
+    meta = {} if not isinstance(raw, dict) else {
         k: v for k, v in raw.items() if k not in _NOT_FORWARDED_META and not k.startswith(_PROTOCOL_META)
     }
+    request = ctx.request
+    if request is not None and "traceparent" not in meta and (parent := request.headers.get("traceparent")):
+        meta["traceparent"] = parent
+        if state := request.headers.get("tracestate"):
+            meta["tracestate"] = state
+    return meta
+
+
+def _trace_meta(ctx: ServerRequestContext[Any]) -> dict[str, Any]:
+    """Only the trace context, for steps whose `_meta` is not forwarded (listings, completions)."""
+    meta = _forwardable_meta(ctx)
+    return {k: meta[k] for k in _TRACE_HEADERS if k in meta}
 
 
 def _error_result(message: str, reason: str) -> t.CallToolResult:
@@ -186,7 +202,7 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
             raise MCPError(exc.code, exc.message) from None
 
     async def listing(ctx: ServerRequestContext[Any], kind: StepKind, params: t.PaginatedRequestParams | None) -> Any:
-        items = await run(Step(kind, _caller(ctx, default_transport)))
+        items = await run(Step(kind, _caller(ctx, default_transport), meta=_trace_meta(ctx)))
         try:
             return paginate(items, params.cursor if params else None, gateway.config.gateway.page_size)
         except InvalidCursor as exc:
@@ -249,9 +265,10 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
                 if call is None:
                     raise MCPError(INVALID_PARAMS, "requestState names no pending call (it expired or completed)")
                 outcome = await parking.next_outcome(call)
-            elif gateway.speaks_modern(params.name) is not True:
+            elif gateway.speaks_modern(params.name) is not True or gateway.policy.may_ask(params.name):
                 # A 2025-era upstream asks mid-call; a 2026 agent can only answer by retrying. (When
-                # the upstream is not known yet, parking is the safe choice: it serves both.)
+                # the upstream is not known yet, parking is the safe choice: it serves both.) A call
+                # that may need a human's approval parks too: the approval is a question mid-call.
                 call = parking.start(ctx, caller.client_name, lambda asker: gateway.pipeline.run(make_step(asker)))
                 outcome = await parking.next_outcome(call)
             else:
@@ -280,12 +297,13 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
 
     async def complete(ctx: ServerRequestContext[Any], params: t.CompleteRequestParams) -> t.CompleteResult:
         target = params.ref.name if isinstance(params.ref, t.PromptReference) else params.ref.uri
-        step = Step(StepKind.COMPLETE, _caller(ctx, default_transport), target=target, request=params)
+        step = Step(StepKind.COMPLETE, _caller(ctx, default_transport), target=target, request=params,
+                    meta=_trace_meta(ctx))
         result: t.CompleteResult = await run(step)
         return _without_protocol_meta(result)
 
     async def run_resource_step(ctx: ServerRequestContext[Any], kind: StepKind, uri: str) -> Any:
-        return await run(Step(kind, _caller(ctx, default_transport), target=uri))
+        return await run(Step(kind, _caller(ctx, default_transport), target=uri, meta=_trace_meta(ctx)))
 
     subscribers = ResourceSubscribers(run_resource_step, notifier)
     notifier.subscribers = subscribers
@@ -337,7 +355,8 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
 
     # The SDK opens an OpenTelemetry span per message by default; with no tracer configured it is
     # pure overhead on every call (measured ~6% of the gateway's CPU per tools/call). Tracing
-    # belongs to the pipeline's record stage, where step ids and upstream spans can be joined.
+    # belongs to the pipeline's trace stage, built only when [telemetry] is on, where the span
+    # carries the step's id, its upstream and its outcome.
     server.middleware[:] = [m for m in server.middleware if type(m).__name__ != "OpenTelemetryMiddleware"]
     server.middleware.append(_contain_errors)
     server.middleware.append(track)

@@ -19,13 +19,14 @@ from mcpgw.pipeline.step import Step
 Next = Callable[[Step], Awaitable[Any]]
 
 STAGE_ORDER: tuple[str, ...] = (
-    "audit",  # one record per step, queued once `record` has stamped how it ended
-    "record",  # timings and outcome of everything inside
+    "trace",  # outermost: the step's span, current for every stage inside (only when [telemetry] is on)
+    "audit",  # one record per step (with the span's ids), queued once `record` has stamped how it ended
+    "record",  # timings and outcome of everything inside, within the step's span
     "identify",
+    "authorize",  # before resolve: a name the caller may not see is unknown, whichever upstream has it
     "resolve",
-    "authorize",
     "limit",
-    "guard_in",
+    "guard_in",  # human approval, argument guards: last, so nothing is asked of a human for a refused call
     "guard_out",
     "dispatch",  # innermost: hands the step to its upstream
 )

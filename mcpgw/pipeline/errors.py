@@ -6,7 +6,7 @@ and never includes gateway internals, tracebacks or configured secrets.
 
 from __future__ import annotations
 
-from mcpgw.pipeline.step import Outcome
+from mcpgw.pipeline.step import Outcome, StepKind
 
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
@@ -42,3 +42,45 @@ class UpstreamTimeout(StepError):
 
 class UpstreamProtocolError(StepError):
     """The upstream answered with a JSON-RPC error; code and message are the upstream's own."""
+
+
+class Unauthenticated(StepError):
+    """No identity could be established for the step (the HTTP layer normally refuses first)."""
+
+    outcome = Outcome.UNAUTHENTICATED
+
+
+class UpstreamCredentialError(StepError):
+    """The gateway could not obtain the credential an upstream needs (e.g. a refused token
+    exchange). The call is not forwarded: it fails closed rather than going out unauthenticated."""
+
+    outcome = Outcome.DENIED
+
+
+class PolicyDenied(StepError):
+    """A policy rule refused the call (the tool itself is visible to the caller)."""
+
+    code = INVALID_PARAMS
+    outcome = Outcome.DENIED
+
+
+class ApprovalDeclined(StepError):
+    """The human declined or cancelled, or did not answer in time."""
+
+    code = INVALID_PARAMS
+    outcome = Outcome.DECLINED
+
+
+def unknown_target_message(kind: StepKind, target: str) -> str:
+    """The one wording for "no such thing", used both for names that do not exist and for names
+    the caller may not see, so the answer reveals nothing about which it is."""
+    what = {
+        StepKind.TOOL_CALL: "tool",
+        StepKind.PROMPT_GET: "prompt",
+        StepKind.RESOURCE_READ: "resource",
+        StepKind.RESOURCE_SUBSCRIBE: "resource",
+        StepKind.RESOURCE_UNSUBSCRIBE: "resource",
+        StepKind.COMPLETE: "completion reference",
+    }.get(kind, kind.value)
+    detail = " (it belongs to no configured upstream)" if what == "resource" else ""
+    return f"Unknown {what}: {target}{detail}"

@@ -160,6 +160,8 @@ class Step:
     error: str | None = None
     rule: str | None = None
     """The policy rule (or limit) that decided the step, when one did."""
+    needs_approval: bool = False
+    """Policy says a human must approve this call before it is forwarded (the guard_in stage asks)."""
     result: Any = None
 
     @property

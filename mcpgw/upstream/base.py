@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import anyio.abc
 import mcp.types as t
 
-from mcpgw.pipeline.step import Asker, ProgressFn
+from mcpgw.pipeline.step import Asker, Principal, ProgressFn
 
 
 class Status(StrEnum):
@@ -94,14 +94,19 @@ class Upstream(Protocol):
         ask: Asker | None = None,
         input_responses: dict[str, Any] | None = None,
         request_state: str | None = None,
+        principal: Principal | None = None,
     ) -> t.CallToolResult | t.InputRequiredResult:
         """Forward one call. Raises `StepError` subclasses that name this upstream (so do the others).
 
         Questions the upstream asks while serving it (sampling, elicitation, roots) go to `ask`.
+        `principal` is who the call is made for: an upstream that acts on the caller's behalf
+        (token exchange) needs it; others ignore it.
         """
         ...
 
-    async def read_resource(self, uri: str, *, meta: dict[str, Any] | None, timeout: float) -> t.ReadResourceResult:
+    async def read_resource(
+        self, uri: str, *, meta: dict[str, Any] | None, timeout: float, principal: Principal | None = None
+    ) -> t.ReadResourceResult:
         ...
 
     async def subscribe(self, uri: str, *, timeout: float) -> None:
@@ -111,7 +116,13 @@ class Upstream(Protocol):
         ...
 
     async def get_prompt(
-        self, name: str, arguments: dict[str, str] | None, *, meta: dict[str, Any] | None, timeout: float
+        self,
+        name: str,
+        arguments: dict[str, str] | None,
+        *,
+        meta: dict[str, Any] | None,
+        timeout: float,
+        principal: Principal | None = None,
     ) -> t.GetPromptResult:
         ...
 
@@ -122,5 +133,6 @@ class Upstream(Protocol):
         context: t.CompletionContext | None,
         *,
         timeout: float,
+        principal: Principal | None = None,
     ) -> t.CompleteResult:
         ...

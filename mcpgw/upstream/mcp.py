@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar, cast
 
@@ -32,12 +32,16 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter, ValidationError
 
 from mcpgw import __version__
+from mcpgw.auth.upstream import TokenEndpoint, connection_auth
 from mcpgw.catalog import Listing
+from mcpgw.config.auth import ClientCredentialsAuth, TokenExchangeAuth
 from mcpgw.config.models import GatewaySettings, HttpServer, ServerConfig, SseServer, StdioServer
-from mcpgw.pipeline.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
-from mcpgw.pipeline.step import Asker, ProgressFn
+from mcpgw.pipeline.errors import StepError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from mcpgw.pipeline.step import Asker, Principal, ProgressFn
+from mcpgw.telemetry import inject_trace_headers
 from mcpgw.upstream._streams import TappedTransport
 from mcpgw.upstream.base import ListingChanged, LogMessage, ResourceUpdated, Status, StatusChanged, UpstreamState
+from mcpgw.upstream.delegated import DelegatedSessions
 
 log = logging.getLogger("mcpgw.upstream")
 
@@ -76,6 +80,8 @@ def describe_failure(exc: BaseException) -> str:
         return f"HTTP error: {type(exc).__name__}"
     if isinstance(exc, _ConnectionLost):
         return str(exc)
+    if isinstance(exc, StepError):
+        return exc.message
     if isinstance(exc, ValidationError):
         return "the server sent a malformed response"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -90,8 +96,11 @@ class McpUpstream:
         config: ServerConfig,
         settings: GatewaySettings,
         on_listing_changed: ListingChanged,
+        *,
+        trace_headers: bool = False,
     ) -> None:
         self.name = name
+        self._http_hooks: dict[str, list[Any]] = {"request": [inject_trace_headers]} if trace_headers else {}
         self.config = config
         self.settings = settings
         self.state = UpstreamState()
@@ -113,6 +122,10 @@ class McpUpstream:
         hung upstream is marked down (and later calls fail fast) after one slow call."""
         self._subscriptions_changed = anyio.Event()
         self._client: Client | None = None
+        self._token_endpoint: TokenEndpoint | None = None
+        """Where this upstream's OAuth credentials come from, if it uses any (made in `run`)."""
+        self._delegated: DelegatedSessions | None = None
+        """Per-caller sessions of a token_exchange upstream, while the main connection is up."""
         self._refresh_send, self._refresh_recv = anyio.create_memory_object_stream[None](1)
         self._lost: anyio.Event = anyio.Event()
 
@@ -151,6 +164,17 @@ class McpUpstream:
     # -- supervision -------------------------------------------------------------------------
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with AsyncExitStack() as stack:
+            auth = getattr(self.config, "auth", None)
+            if isinstance(auth, ClientCredentialsAuth | TokenExchangeAuth):
+                assert isinstance(self.config, HttpServer | SseServer)
+                http = await stack.enter_async_context(
+                    httpx2.AsyncClient(timeout=httpx2.Timeout(self.settings.connect_timeout), follow_redirects=False)
+                )
+                self._token_endpoint = TokenEndpoint(self.name, auth, self.config.url, http)
+            await self._supervise(task_status)
+
+    async def _supervise(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         task_status.started()
         backoff = self.settings.restart_backoff
         try:
@@ -204,8 +228,20 @@ class McpUpstream:
         # task group does, which anyio rightly refuses.
         with anyio.CancelScope(deadline=anyio.current_time() + self.settings.connect_timeout) as startup:
             async with AsyncExitStack() as stack:
-                transport = TappedTransport(await stack.enter_async_context(self._raw_transport()), self._warn)
-                client = await stack.enter_async_context(
+                transport, client = await self.open_client(stack, self._connection_auth())
+                listing = await self._list_all(client)
+                startup.deadline = math.inf
+                await self._serve(client, transport, listing)
+        if startup.cancelled_caught:
+            raise TimeoutError(f"no answer within connect_timeout ({self.settings.connect_timeout:g}s)")
+
+    def _connection_auth(self) -> httpx2.Auth | None:
+        return connection_auth(self.name, getattr(self.config, "auth", None), self._token_endpoint)
+
+    async def open_client(self, stack: AsyncExitStack, auth: httpx2.Auth | None) -> tuple[TappedTransport, Client]:
+        """One MCP session to this upstream, presenting `auth`; closed with `stack`."""
+        transport = TappedTransport(await stack.enter_async_context(self._raw_transport(auth)), self._warn)
+        client = await stack.enter_async_context(
                     Client(
                         transport,
                         mode=self.config.protocol,
@@ -221,11 +257,7 @@ class McpUpstream:
                         list_roots_callback=self._on_list_roots,
                     )
                 )
-                listing = await self._list_all(client)
-                startup.deadline = math.inf
-                await self._serve(client, transport, listing)
-        if startup.cancelled_caught:
-            raise TimeoutError(f"no answer within connect_timeout ({self.settings.connect_timeout:g}s)")
+        return transport, client
 
     async def _serve(self, client: Client, transport: TappedTransport, listing: Listing) -> None:
         self._client = client
@@ -245,6 +277,10 @@ class McpUpstream:
         await self._resubscribe(client)
         try:
             async with anyio.create_task_group() as tg:
+                auth = getattr(self.config, "auth", None)
+                if isinstance(auth, TokenExchangeAuth) and self._token_endpoint is not None:
+                    self._delegated = DelegatedSessions(self, auth, self._token_endpoint)
+                    await tg.start(self._delegated.run)
                 if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
                     tg.start_soon(self._listen, client)
                 tg.start_soon(self._refresher, client)
@@ -254,6 +290,7 @@ class McpUpstream:
                 tg.cancel_scope.cancel()
         finally:
             self._client = None
+            self._delegated = None
         raise _ConnectionLost(self._lost_reason)
 
     def _mark_lost(self, reason: str) -> None:
@@ -261,7 +298,7 @@ class McpUpstream:
         self._lost.set()
 
     @asynccontextmanager
-    async def _raw_transport(self) -> Any:
+    async def _raw_transport(self, auth: httpx2.Auth | None) -> Any:
         config = self.config
         if isinstance(config, StdioServer):
             async with self._stderr_pipe() as errlog:
@@ -271,7 +308,8 @@ class McpUpstream:
                 yield stdio_client(params, errlog=errlog)
         elif isinstance(config, HttpServer):
             timeout = httpx2.Timeout(self.settings.connect_timeout, read=None)
-            async with httpx2.AsyncClient(headers=dict(config.headers), timeout=timeout) as http:
+            async with httpx2.AsyncClient(headers=dict(config.headers), timeout=timeout, auth=auth,
+                                          event_hooks=self._http_hooks) as http:
                 yield streamable_http_client(config.url, http_client=http)
         elif isinstance(config, SseServer):
             yield sse_client(
@@ -279,9 +317,19 @@ class McpUpstream:
                 headers=dict(config.headers) or None,
                 timeout=self.settings.connect_timeout,
                 sse_read_timeout=config.sse_read_timeout,
+                auth=auth,
+                httpx_client_factory=self._http_client,
             )
         else:  # pragma: no cover - the config model admits nothing else
             raise TypeError(f"unsupported upstream kind {config.kind!r}")
+
+    def _http_client(
+        self, headers: dict[str, str] | None = None, timeout: httpx2.Timeout | None = None,
+        auth: httpx2.Auth | None = None,
+    ) -> httpx2.AsyncClient:
+        """The SSE transport's HTTP client: the SDK's default, plus the request hooks."""
+        return httpx2.AsyncClient(headers=headers, timeout=timeout or httpx2.Timeout(30, read=300), auth=auth,
+                                  event_hooks=self._http_hooks)
 
     @asynccontextmanager
     async def _stderr_pipe(self) -> Any:
@@ -447,28 +495,29 @@ class McpUpstream:
         ask: Asker | None = None,
         input_responses: dict[str, Any] | None = None,
         request_state: str | None = None,
+        principal: Principal | None = None,
     ) -> t.CallToolResult | t.InputRequiredResult:
         """Forward a call. Upstream questions go to `ask`; see `mcpgw.front.asking` for the eras."""
-        client = self._require_client()
-        if client.protocol_version not in MODERN_PROTOCOL_VERSIONS:
-            # A 2025-era upstream asks by pushing requests during the call: attribute them.
-            request = t.CallToolRequest(
-                params=t.CallToolRequestParams(name=name, arguments=arguments, _meta=cast(Any, meta or None))
-            )
-            with self._attributable(ask):
-                return await self._send("tools/call", name, request, _CALL_RESULT, timeout, progress)
-        responses, state = input_responses, request_state
-        for _ in range(MAX_INPUT_ROUNDS):
-            request = t.CallToolRequest(params=t.CallToolRequestParams(
-                name=name, arguments=arguments, _meta=cast(Any, meta or None),
-                input_responses=cast(Any, responses), request_state=state,
-            ))
-            result = await self._send("tools/call", name, request, _CALL_RESULT, timeout, progress)
-            if not isinstance(result, t.InputRequiredResult):
-                return result
-            if ask is None or ask.modern:
-                return result  # a 2026 agent answers with a retry: pass the question through
-            responses, state = await self._answer(name, ask, result), result.request_state
+        async with self._session_for(principal) as client:
+            if client.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+                # A 2025-era upstream asks by pushing requests during the call: attribute them.
+                request = t.CallToolRequest(
+                    params=t.CallToolRequestParams(name=name, arguments=arguments, _meta=cast(Any, meta or None))
+                )
+                with self._attributable(ask):
+                    return await self._send(client, "tools/call", name, request, _CALL_RESULT, timeout, progress)
+            responses, state = input_responses, request_state
+            for _ in range(MAX_INPUT_ROUNDS):
+                request = t.CallToolRequest(params=t.CallToolRequestParams(
+                    name=name, arguments=arguments, _meta=cast(Any, meta or None),
+                    input_responses=cast(Any, responses), request_state=state,
+                ))
+                result = await self._send(client, "tools/call", name, request, _CALL_RESULT, timeout, progress)
+                if not isinstance(result, t.InputRequiredResult):
+                    return result
+                if ask is None or ask.modern:
+                    return result  # a 2026 agent answers with a retry: pass the question through
+                responses, state = await self._answer(name, ask, result), result.request_state
         raise UpstreamProtocolError(
             f"upstream {self.name!r} asked for input more than {MAX_INPUT_ROUNDS} times in tools/call {name!r}"
         )
@@ -545,17 +594,27 @@ class McpUpstream:
         answer: t.ListRootsResult | t.ErrorData = await self._forward_question(t.ListRootsRequest())
         return answer
 
-    async def read_resource(self, uri: str, *, meta: dict[str, Any] | None, timeout: float) -> t.ReadResourceResult:
+    async def read_resource(
+        self, uri: str, *, meta: dict[str, Any] | None, timeout: float, principal: Principal | None = None
+    ) -> t.ReadResourceResult:
         request = t.ReadResourceRequest(params=t.ReadResourceRequestParams(uri=uri, _meta=cast(Any, meta or None)))
-        return await self._send("resources/read", uri, request, t.ReadResourceResult, timeout, None)
+        async with self._session_for(principal) as client:
+            return await self._send(client, "resources/read", uri, request, t.ReadResourceResult, timeout, None)
 
     async def get_prompt(
-        self, name: str, arguments: dict[str, str] | None, *, meta: dict[str, Any] | None, timeout: float
+        self,
+        name: str,
+        arguments: dict[str, str] | None,
+        *,
+        meta: dict[str, Any] | None,
+        timeout: float,
+        principal: Principal | None = None,
     ) -> t.GetPromptResult:
         request = t.GetPromptRequest(
             params=t.GetPromptRequestParams(name=name, arguments=arguments, _meta=cast(Any, meta or None))
         )
-        return await self._send("prompts/get", name, request, t.GetPromptResult, timeout, None)
+        async with self._session_for(principal) as client:
+            return await self._send(client, "prompts/get", name, request, t.GetPromptResult, timeout, None)
 
     async def complete(
         self,
@@ -564,13 +623,15 @@ class McpUpstream:
         context: t.CompletionContext | None,
         *,
         timeout: float,
+        principal: Principal | None = None,
     ) -> t.CompleteResult:
         caps = self._client.server_capabilities if self._client else None
         if caps is not None and caps.completions is None:
             return t.CompleteResult(completion=t.Completion(values=[]))
         request = t.CompleteRequest(params=t.CompleteRequestParams(ref=ref, argument=argument, context=context))
         target = ref.name if isinstance(ref, t.PromptReference) else ref.uri
-        return await self._send("completion/complete", target, request, t.CompleteResult, timeout, None)
+        async with self._session_for(principal) as client:
+            return await self._send(client, "completion/complete", target, request, t.CompleteResult, timeout, None)
 
     async def subscribe(self, uri: str, *, timeout: float) -> None:
         """Ask for `notifications/resources/updated` about `uri` (kept across reconnects)."""
@@ -594,7 +655,7 @@ class McpUpstream:
             return
         request: Any = (t.SubscribeRequest(params=t.SubscribeRequestParams(uri=uri)) if subscribe
                         else t.UnsubscribeRequest(params=t.UnsubscribeRequestParams(uri=uri)))
-        await self._send("resources/subscribe" if subscribe else "resources/unsubscribe", uri, request,
+        await self._send(client, "resources/subscribe" if subscribe else "resources/unsubscribe", uri, request,
                          t.EmptyResult, timeout, None)
 
     async def _resubscribe(self, client: Client) -> None:
@@ -613,8 +674,21 @@ class McpUpstream:
             raise UpstreamUnavailable(f"upstream {self.name!r} is not available ({why}); try again shortly")
         return client
 
+    @asynccontextmanager
+    async def _session_for(self, principal: Principal | None) -> AsyncIterator[Client]:
+        """The session a request for `principal` goes over: the shared one, or — for an upstream
+        that acts on the caller's behalf — that caller's own (see `DelegatedSessions`)."""
+        client = self._require_client()
+        delegated = self._delegated
+        if delegated is None:
+            yield client
+            return
+        async with delegated.session(principal) as own:
+            yield own
+
     async def _send(
         self,
+        client: Client,
         method: str,
         target: str,
         request: Any,
@@ -622,7 +696,6 @@ class McpUpstream:
         timeout: float,
         progress: ProgressFn | None,
     ) -> ResultT:
-        client = self._require_client()
         try:
             return await client.session.send_request(
                 request,
@@ -640,6 +713,10 @@ class McpUpstream:
             if exc.code == CONNECTION_CLOSED and self._retired is not None:
                 raise UpstreamUnavailable(
                     f"upstream {self.name!r} was {self._retired} while {method} {target!r} was in flight"
+                ) from None
+            if exc.code == CONNECTION_CLOSED and client is not self._client:
+                raise UpstreamUnavailable(
+                    f"upstream {self.name!r} closed the caller's session during {method} {target!r}; try again"
                 ) from None
             if exc.code == CONNECTION_CLOSED:
                 self._mark_lost("connection closed during a request")

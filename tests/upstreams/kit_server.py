@@ -2,13 +2,15 @@
 
 Run: `python kit_server.py [--transport stdio|http|sse] [--tools N] [--name NAME]`.
 Over HTTP/SSE it binds 127.0.0.1 on a free port and prints `PORT <n>` on stdout.
-Set `KIT_MARKER_DIR` to a directory to have `hang` leave a file there when it is cancelled.
+Set `KIT_MARKER_DIR` to a directory to have `hang` leave a file there when it is cancelled, and
+`KIT_CALLS_FILE` to a file to have every tools/call that reaches the server appended to it.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,6 +23,7 @@ from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourceUpdated, ToolsListChanged
 
+CALLS_FILE = os.environ.get("KIT_CALLS_FILE")
 OBJ: dict[str, Any] = {"type": "object"}
 PNG_1PX = base64.b64encode(bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -78,6 +81,9 @@ class Kit:
     async def call_tool(self, ctx: ServerRequestContext[Any], params: t.CallToolRequestParams) -> t.CallToolResult:
         args = params.arguments or {}
         name = params.name
+        if CALLS_FILE:  # a record of every call that reached this server, for "nothing was forwarded" tests
+            with open(CALLS_FILE, "a", encoding="utf-8") as calls:
+                calls.write(json.dumps({"tool": name, "arguments": args}) + "\n")
         text = lambda s: t.CallToolResult(content=[t.TextContent(type="text", text=s)])  # noqa: E731
         if name == "echo":
             return t.CallToolResult(content=[t.TextContent(type="text", text=str(args.get("text", "")))],
@@ -138,7 +144,10 @@ class Kit:
             return await self.ask(ctx, params, name)
         if name == "meta":
             raw = (ctx.params or {}).get("_meta") or {}
-            return t.CallToolResult(content=[t.TextContent(type="text", text="meta")], structured_content={"meta": raw})
+            seen: dict[str, Any] = {"meta": raw}
+            if ctx.request is not None:  # over HTTP: the W3C trace context headers of this request, too
+                seen["headers"] = {k: v for k, v in ctx.request.headers.items() if k in ("traceparent", "tracestate")}
+            return t.CallToolResult(content=[t.TextContent(type="text", text="meta")], structured_content=seen)
         if name in self.tools:
             return text(f"{self.name}:{name}")
         raise MCPError(t.INVALID_PARAMS, f"Unknown tool: {name}")

@@ -47,9 +47,11 @@ class Dispatch:
                 ask=step.ask,
                 input_responses=step.input_responses,
                 request_state=step.request_state,
+                principal=step.principal,
             )
         elif step.kind is StepKind.RESOURCE_READ:
-            step.result = await upstream.read_resource(name, meta=step.meta, timeout=timeout)
+            step.result = await upstream.read_resource(name, meta=step.meta, timeout=timeout,
+                                                      principal=step.principal)
         elif step.kind is StepKind.RESOURCE_SUBSCRIBE:
             await upstream.subscribe(name, timeout=timeout)
             step.result = t.EmptyResult()
@@ -58,7 +60,8 @@ class Dispatch:
             step.result = t.EmptyResult()
         elif step.kind is StepKind.PROMPT_GET:
             arguments = {k: str(v) for k, v in (step.arguments or {}).items()}
-            step.result = await upstream.get_prompt(name, arguments or None, meta=step.meta, timeout=timeout)
+            step.result = await upstream.get_prompt(name, arguments or None, meta=step.meta, timeout=timeout,
+                                                   principal=step.principal)
         elif step.kind is StepKind.COMPLETE:
             params: t.CompleteRequestParams = step.request
             ref: t.PromptReference | t.ResourceTemplateReference
@@ -66,7 +69,8 @@ class Dispatch:
                 ref = params.ref.model_copy(update={"name": name})
             else:
                 ref = params.ref.model_copy(update={"uri": name})
-            step.result = await upstream.complete(ref, params.argument, params.context, timeout=timeout)
+            step.result = await upstream.complete(ref, params.argument, params.context, timeout=timeout,
+                                                 principal=step.principal)
         else:  # pragma: no cover - every kind is handled above
             raise AssertionError(f"no dispatch for {step.kind}")
         return step.result

@@ -15,7 +15,7 @@ import mcp.types as t
 
 from mcpgw.catalog import Catalog
 from mcpgw.pipeline.chain import Next
-from mcpgw.pipeline.errors import UnknownTarget, UpstreamUnavailable
+from mcpgw.pipeline.errors import UnknownTarget, UpstreamUnavailable, unknown_target_message
 from mcpgw.pipeline.step import Route, Step, StepKind
 
 
@@ -81,16 +81,7 @@ class Resolve:
                 f"{step.target!r} belongs to upstream {owner!r}, which is not available right now "
                 "(it is being restarted); try again shortly"
             )
-        what = {
-            StepKind.TOOL_CALL: "tool",
-            StepKind.PROMPT_GET: "prompt",
-            StepKind.RESOURCE_READ: "resource",
-            StepKind.RESOURCE_SUBSCRIBE: "resource",
-            StepKind.RESOURCE_UNSUBSCRIBE: "resource",
-            StepKind.COMPLETE: "completion reference",
-        }[step.kind]
-        detail = " (it belongs to no configured upstream)" if is_resource else ""
-        return UnknownTarget(f"Unknown {what}: {step.target}{detail}")
+        return UnknownTarget(unknown_target_message(step.kind, step.target))
 
     def _export_uris(self, upstream: str, result: Any) -> Any:
         export = self._catalog.exported_uri
