@@ -7,11 +7,12 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp.types as t
 import pytest
 from mcp import Client, MCPError
 
-from .conftest import KIT, gateway_http, gateway_stdio, stdio_server_toml, text, wait_until, write_config
+from .conftest import KIT, PY, gateway_http, gateway_stdio, stdio_server_toml, text, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -154,3 +155,21 @@ async def test_approval_then_the_upstreams_own_question_asks_the_human_once(tmp_
         assert "Ada" in text(await client.call_tool("kit__ask_name", {}))
     assert len(seen) == 2, seen  # the approval, then the upstream's question; no second approval
     assert seen[0].startswith("Approve the call of tool 'kit__ask_name'")
+
+
+async def test_check_as_prints_each_tools_decision_and_rule(tmp_path: Path) -> None:
+    config = setup(tmp_path)
+    done = await anyio.run_process([PY, "-m", "mcpgw", "check", "--config", str(config), "--as",
+                                    "sub=alice,scopes=support"], check=False)
+    out = done.stdout.decode()
+    assert done.returncode == 0, out + done.stderr.decode()
+    assert "policy is valid (1 role(s), 2 rule(s), 0 limit(s); default deny)" in out
+    assert "as 'alice' (client None, scopes ['support'], groups []): roles ['support']" in out
+    lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("  ") and len(line.split()) > 2
+             and line.split()[0] in ("allow", "deny", "approve")}
+    assert lines["kit__pid"].split()[0] == "deny" and "role 'support' deny 'kit__pid'" in lines["kit__pid"]
+    assert lines["kit__slow"].split()[0] == "allow" and "role 'support' allow 'kit__*'" in lines["kit__slow"]
+    assert "+ approve when text {'pattern': 'refund.*'} (refunds need a human)" in out
+    guest = await anyio.run_process([PY, "-m", "mcpgw", "check", "--config", str(config), "--as", "sub=eve"],
+                                    check=False)
+    assert "roles none" in guest.stdout.decode() and "allow " not in guest.stdout.decode()
