@@ -8,6 +8,7 @@ import os
 import signal
 import sqlite3
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -396,3 +397,53 @@ async def test_reload_applies_new_redaction_and_says_a_new_store_needs_a_restart
     config.write_text(body)  # read the trail the gateway kept writing to
     rows = await query(config, "--kind", "tools/call")
     assert [json.loads(r["arguments"])["text"] for r in rows] == ["project-falcon", "[REDACTED]"]
+
+
+POLICY = """
+    [[roles]]
+    name = "local agents"
+    match = { subjects = ["anonymous"] }  # loopback HTTP without [auth]
+    allow = ["kit__*"]
+
+    [[rules]]
+    name = "shouting is denied"
+    tool = "kit__echo"
+    when = { text = { pattern = "[A-Z !]+" } }
+    effect = "deny"
+
+    [[rules]]
+    name = "refunds need a human"
+    tool = "kit__echo"
+    when = { text = { pattern = "refund.*" } }
+    effect = "approve"
+    """
+
+
+async def approve(context: Any, params: t.ElicitRequestParams) -> t.ElicitResult:
+    return t.ElicitResult(action="accept", content={"approve": True})
+
+
+@pytest.mark.anyio
+async def test_policy_decisions_principal_and_trace_ids_are_recorded(tmp_path: Path) -> None:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "main.toml").write_text(textwrap.dedent(POLICY))
+    config = write_config(tmp_path, stdio_server_toml("kit", KIT) + '\n[telemetry]\nexporter = "console"\n')
+    async with gateway_http(config) as (base, proc), Client(f"{base}/mcp", mode="legacy", cache=None,
+                                                            elicitation_callback=approve) as agent:
+        await agent.call_tool("kit__echo", {"text": "hello"})
+        with pytest.raises(MCPError):
+            await agent.call_tool("kit__echo", {"text": "HELLO!"})
+        assert text(await agent.call_tool("kit__echo", {"text": "refund 5"})) == "refund 5"
+        span = json.loads((await proc.wait_for(r'^\{"name": "tools/call kit__echo".*\}$')).group(0))
+    rows = await query(config, "--kind", "tools/call")
+    assert [(r["outcome"], r["rule"]) for r in rows] == [
+        ("ok", "role 'local agents' allow 'kit__*'"), ("denied", "shouting is denied"),
+        ("approved", "refunds need a human")]
+    assert rows[0]["subject"] == "anonymous" and rows[0]["transport"] == "http" and rows[0]["session_id"]
+    assert rows[0]["trace_id"] == span["context"]["trace_id"].removeprefix("0x")
+    assert rows[0]["span_id"] == span["context"]["span_id"].removeprefix("0x")
+    assert len({r["trace_id"] for r in rows}) == 3
+    _, out, _ = await mcpgw(config, "lineage", rows[2]["trace_id"], "--json")
+    [tree] = json.loads(out)
+    assert tree["step_id"] == rows[2]["step_id"]
+    assert [(c["kind"], c["outcome"]) for c in tree["children"]] == [("elicitation/create", "ok")]
