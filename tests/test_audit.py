@@ -3,6 +3,8 @@ do; `mcpgw audit ...` subprocesses read it back; shutdowns, crashes and an unrea
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -22,6 +24,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from mcpgw.audit.redact import Redactor
 from mcpgw.audit.writer import AuditTrail
+from mcpgw.cli import build_parser
 from mcpgw.config import AuditSettings
 from mcpgw.pipeline import Caller, Pipeline, Step, StepKind
 from mcpgw.pipeline.stages.audit import Audit
@@ -45,8 +48,23 @@ async def mcpgw(config: Path, *args: str, check: bool = True) -> tuple[int, str,
     return done.returncode, out, err
 
 
-async def query(config: Path, *filters: str) -> list[dict[str, Any]]:
-    code, out, _ = await mcpgw(config, "query", "--json", *filters, check=False)
+def audit_cli(config: Path, *args: str, check: bool = True) -> tuple[int, str, str]:
+    """The same command in this process (the subprocess form is tested once per command: the
+    interpreter's start-up is most of a command's time)."""
+    out, err = io.StringIO(), io.StringIO()
+    parsed = build_parser().parse_args(["audit", *args, "--config", str(config)])
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = parsed.func(parsed)
+    if check:
+        assert code == 0, f"exit {code}\n{out.getvalue()}\n{err.getvalue()}"
+    return code, out.getvalue(), err.getvalue()
+
+
+async def query(config: Path, *filters: str, subprocess: bool = False) -> list[dict[str, Any]]:
+    if subprocess:
+        code, out, _ = await mcpgw(config, "query", "--json", *filters, check=False)
+    else:
+        code, out, _ = audit_cli(config, "query", "--json", *filters, check=False)
     assert code in (0, 1)
     return [json.loads(line) for line in out.splitlines()]
 
@@ -94,7 +112,7 @@ async def test_a_session_is_recorded_redacted_linked_and_verifiable(tmp_path: Pa
         await wait_until(back, timeout=30, interval=0.1)
     # The agent closed stdin: the gateway stopped and flushed the trail before exiting.
 
-    rows = await query(config)
+    rows = await query(config, subprocess=True)
     calls = [r for r in rows if r["kind"] == "tools/call"]
     assert [(r["target"], r["outcome"]) for r in calls][:9] == [
         ("kit__echo", "ok"), ("kit__echo", "ok"), ("kit__echo", "ok"), ("kit__echo", "ok"),
@@ -127,10 +145,10 @@ async def test_a_session_is_recorded_redacted_linked_and_verifiable(tmp_path: Pa
     [child] = tree[0]["children"]
     assert child["kind"] == "sampling/createMessage" and child["outcome"] == "ok"
     assert child["parent_id"] == sample["step_id"] and json.loads(child["arguments"])["messages"]
-    _, out, _ = await mcpgw(config, "lineage", child["step_id"])  # from the child: the same tree
+    _, out, _ = audit_cli(config, "lineage", child["step_id"])  # from the child: the same tree
     assert out.splitlines()[0].startswith("tools/call kit__sample via kit → ok")
     assert out.splitlines()[1].startswith("└─ sampling/createMessage")
-    _, out, _ = await mcpgw(config, "lineage", calls[5]["step_id"], "--json")
+    _, out, _ = audit_cli(config, "lineage", calls[5]["step_id"], "--json")
     assert json.loads(out)[0]["children"][0]["outcome"] == "declined"
 
     # Filters, export formats.
@@ -141,9 +159,9 @@ async def test_a_session_is_recorded_redacted_linked_and_verifiable(tmp_path: Pa
     _, out, _ = await mcpgw(config, "export", "--format", "csv")
     assert out.splitlines()[0].startswith("seq,step_id,parent_id,trace_id")
     assert len(out.splitlines()) == len(rows) + 1
-    _, out, _ = await mcpgw(config, "export", "--format", "jsonl", "--outcome", "ok")
+    _, out, _ = audit_cli(config, "export", "--format", "jsonl", "--outcome", "ok")
     assert all(json.loads(line)["outcome"] == "ok" for line in out.splitlines())
-    code, _, err = await mcpgw(config, "query", "--since", "yesterday-ish", check=False)
+    code, _, err = audit_cli(config, "query", "--since", "yesterday-ish", check=False)
     assert code == 2 and "not a time: 'yesterday-ish'" in err
 
     # The chain verifies; one edited row is named.
@@ -174,7 +192,7 @@ async def test_sigterm_flushes_every_record(tmp_path: Path) -> None:
     assert "AUDIT RECORDS" not in proc.text  # nothing dropped or lost on the way out
     rows = await query(config, "--kind", "tools/call")
     assert [json.loads(r["arguments"])["text"] for r in rows] == [f"call {i}" for i in range(40)]
-    _, out, _ = await mcpgw(config, "verify")
+    _, out, _ = audit_cli(config, "verify")
     assert ", closed" in out and "OK:" in out
 
 
@@ -192,7 +210,7 @@ async def test_kill_9_loses_at_most_the_unflushed_tail_and_the_chain_still_verif
     kept = [json.loads(r["arguments"])["text"] for r in rows]
     assert kept == [f"call {i}" for i in range(len(kept))], "what survives is a prefix: no holes"
     print(f"kill -9 after {calls} answered calls: {calls - len(kept)} record(s) lost (flush_interval 0.05 s)")
-    _, out, _ = await mcpgw(config, "verify")
+    _, out, _ = audit_cli(config, "verify")
     assert "open (running, or the process ended without closing)" in out and "OK:" in out
 
 
@@ -232,7 +250,7 @@ async def test_gateway_writes_to_postgresql(tmp_path: Path, pg_url: str) -> None
             await agent.call_tool("kit__echo", {"text": f"pg {i}"})
     rows = await query(config, "--kind", "tools/call")
     assert [r["protocol"] for r in rows] == ["2026-07-28"] * 5
-    _, out, _ = await mcpgw(config, "verify")
+    _, out, _ = audit_cli(config, "verify")
     assert "OK: 6 record(s) in 1 chain(s)" in out and "postgres" in out
 
 
@@ -358,7 +376,7 @@ async def test_fail_closed_refuses_calls_while_postgresql_is_away_and_loses_noth
     assert {r["outcome"] for r in rows if json.loads(r["arguments"])["text"] == "during"} <= {"ok", "unavailable"}
     assert any(r["outcome"] == "unavailable" for r in rows)
     assert len({r["step_id"] for r in rows}) == len(rows)
-    _, out, _ = await mcpgw(direct, "verify")
+    _, out, _ = audit_cli(direct, "verify")
     assert "OK:" in out
 
 
@@ -375,7 +393,7 @@ async def test_lineage_in_every_era_combination(tmp_path: Path, agent_mode: str,
     async with gateway_stdio(config, mode=agent_mode, sampling_callback=on_sample) as agent:
         assert text(await agent.call_tool("kit__sample", {"prompt": "say hi"})) == "model test-model said: hi there"
     [root, *_] = await query(config, "--tool", "kit__sample", "--kind", "tools/call")
-    _, out, _ = await mcpgw(config, "lineage", root["step_id"], "--json")
+    _, out, _ = audit_cli(config, "lineage", root["step_id"], "--json")
     [tree] = json.loads(out)
     assert tree["step_id"] == root["step_id"] and tree["outcome"] == "ok"
     assert [c["kind"] for c in tree["children"]] == [child_kind]
@@ -443,7 +461,7 @@ async def test_policy_decisions_principal_and_trace_ids_are_recorded(tmp_path: P
     assert rows[0]["trace_id"] == span["context"]["trace_id"].removeprefix("0x")
     assert rows[0]["span_id"] == span["context"]["span_id"].removeprefix("0x")
     assert len({r["trace_id"] for r in rows}) == 3
-    _, out, _ = await mcpgw(config, "lineage", rows[2]["trace_id"], "--json")
+    _, out, _ = audit_cli(config, "lineage", rows[2]["trace_id"], "--json")
     [tree] = json.loads(out)
     assert tree["step_id"] == rows[2]["step_id"]
     assert [(c["kind"], c["outcome"]) for c in tree["children"]] == [("elicitation/create", "ok")]
