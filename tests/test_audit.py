@@ -184,7 +184,8 @@ async def test_sigterm_flushes_every_record(tmp_path: Path) -> None:
         assert not (await query(config, "--kind", "tools/call"))
         async with httpx2.AsyncClient() as http:
             audit = (await http.get(f"{base}/readyz")).json()["audit"]
-        assert audit["queued"] == 41 and audit["written"] == 0 and audit["dropped"] == 0
+        # 40 calls and the upstream's connect record; only the connect may have been written yet
+        assert audit["queued"] + audit["written"] == 41 and audit["queued"] >= 40 and audit["dropped"] == 0
         assert audit["url"].startswith("sqlite:///") and audit["reachable"] is True
         proc.proc.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
