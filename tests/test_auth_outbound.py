@@ -83,8 +83,8 @@ async def test_client_credentials_token_is_cached_and_names_the_upstream(tmp_pat
 
 
 @asynccontextmanager
-async def exchange_setup(tmp_path: Path, *, log_level: str = "info", refuse: tuple[str, ...] = ("mallory",)
-                         ) -> AsyncIterator[tuple[str, AuthServer, Any, Process]]:
+async def exchange_setup(tmp_path: Path, *, log_level: str = "info", refuse: tuple[str, ...] = ("mallory",),
+                         extra: str = "") -> AsyncIterator[tuple[str, AuthServer, Any, Process]]:
     seen = tmp_path / "seen.txt"
     async with oauth_server(clients={"mcpgw": CLIENT_SECRET}, gateway_audience=GW_AUDIENCE,
                             refuse_subjects=refuse) as auth, protected_upstream(auth=auth, seen=seen) as up:
@@ -101,7 +101,7 @@ async def exchange_setup(tmp_path: Path, *, log_level: str = "info", refuse: tup
             client_id = "mcpgw"
             client_secret = "{CLIENT_SECRET}"
             scopes = ["mcp", "crm.read"]
-            """))
+            """) + extra)
         async with gateway_http(config, env={"MCPGW_LOG_LEVEL": log_level}) as (url, proc):
             yield url, auth, up, proc
 
@@ -161,7 +161,8 @@ async def test_stdio_caller_has_no_token_to_exchange(tmp_path: Path) -> None:
 
 async def test_no_secret_or_token_appears_in_any_output_channel(tmp_path: Path) -> None:
     """Every channel an operator or agent can see, grepped for every secret value in play."""
-    async with exchange_setup(tmp_path, log_level="debug") as (url, auth, up, proc):
+    telemetry = '\n[telemetry]\nexporter = "console"\n'  # spans as JSON lines on the gateway's stderr
+    async with exchange_setup(tmp_path, log_level="debug", extra=telemetry) as (url, auth, up, proc):
         alice, mallory = await caller_token(auth, "alice"), await caller_token(auth, "mallory")
         shown: list[str] = []
         async with agent(url, alice) as client:
@@ -181,7 +182,8 @@ async def test_no_secret_or_token_appears_in_any_output_channel(tmp_path: Path) 
             shown.append((await http.get(f"{url}/readyz")).text)
             shown.append((await http.post(f"{url}/mcp", json={}, headers={"Authorization": "Bearer " + alice[:-4]
                                                                           + "AAAA"})).text)
-    shown.append(proc.text)  # the gateway's whole log, at debug level
+    shown.append(proc.text)  # the gateway's whole log, at debug level, with every span's attributes
+    assert '"tools/call prot__whoami"' in proc.text, "the OpenTelemetry spans were not in the captured output"
     secrets = {CLIENT_SECRET, alice, mallory, *up.seen_tokens()}
     assert len(secrets) >= 4  # the client secret, two caller tokens, and at least one upstream token
     for secret in secrets:

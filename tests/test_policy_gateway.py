@@ -173,3 +173,18 @@ async def test_check_as_prints_each_tools_decision_and_rule(tmp_path: Path) -> N
     guest = await anyio.run_process([PY, "-m", "mcpgw", "check", "--config", str(config), "--as", "sub=eve"],
                                     check=False)
     assert "roles none" in guest.stdout.decode() and "allow " not in guest.stdout.decode()
+
+
+async def test_no_answer_in_time_is_a_refusal(tmp_path: Path) -> None:
+    config = setup(tmp_path)
+    config.write_text(config.read_text().replace("[gateway]\n", "[gateway]\napproval_timeout = 0.5\n", 1))
+    never = anyio.Event()
+
+    async def on_elicit(context: Any, params: t.ElicitRequestParams) -> t.ElicitResult:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    async with gateway_stdio(config, mode="legacy", elicitation_callback=on_elicit) as client:
+        message = await error_of(client, "kit__echo", {"text": "refund 3"})
+        never.set()
+    assert "needs a human's approval, and none came within 0.5s; the call was not forwarded" in message
