@@ -6,6 +6,7 @@ tests/upstreams, the gateway as a subprocess, agents over HTTP with real tokens.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,9 @@ import httpx2
 import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
+
+from mcpgw.auth.upstream import StaticCredential
+from mcpgw.config.auth import ApiKeyAuth
 
 from .auth_support import AuthServer, oauth_server, protected_upstream, unverified
 from .conftest import PY, Process, gateway_http, gateway_stdio, text, write_config
@@ -207,3 +211,25 @@ async def test_failed_discovery_is_reported_by_check(tmp_path: Path) -> None:
     assert checked.returncode == 1, out
     assert "FAIL prot" in out and "upstream 'prot': cannot find its token endpoint: the protected-resource " \
         "metadata names no authorization_servers; set token_url" in out, out
+
+
+async def test_api_key_and_basic_credentials(tmp_path: Path) -> None:
+    basic = "Basic " + base64.b64encode(b"svc:pa:ss").decode()
+    async with protected_upstream(static_header=("X-Api-Key", "k-123")) as keyed, \
+            protected_upstream(static_header=("Authorization", basic)) as based:
+        config = write_config(tmp_path,
+                              remote(keyed.url, 'auth = { type = "api_key", name = "X-Api-Key", value = "k-123" }')
+                              + remote(based.url, 'auth = { type = "basic", username = "svc", password = "pa:ss" }'
+                                       ).replace("[servers.prot]", "[servers.based]"))
+        async with gateway_stdio(config) as client:
+            assert (await whoami(client))["mode"] == "static-header"
+            assert (await whoami(client, "based__whoami"))["mode"] == "static-header"
+
+
+async def test_api_key_in_the_query_string() -> None:
+    flow = StaticCredential(ApiKeyAuth.model_validate({"type": "api_key", "in": "query", "name": "key",
+                                                      "value": "k 1"})).async_auth_flow(
+        httpx2.Request("POST", "http://up.test/mcp?x=1"))
+    request = await flow.__anext__()
+    assert str(request.url) == "http://up.test/mcp?x=1&key=k+1"
+    assert "authorization" not in request.headers
