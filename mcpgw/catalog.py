@@ -319,7 +319,8 @@ def decode_cursor(cursor: str) -> str:
     return raw[3:]
 
 
-def _key(item: Any) -> str:
+def item_key(item: Any) -> str:
+    """The exported identifier of a listed item: a tool's or prompt's name, a resource's URI."""
     if isinstance(item, t.Resource):
         return str(item.uri)
     if isinstance(item, t.ResourceTemplate):
@@ -336,11 +337,11 @@ def paginate(items: Sequence[Item], cursor: str | None, size: int) -> tuple[list
         lo, hi = 0, len(items)
         while lo < hi:  # first index whose key sorts after the cursor
             mid = (lo + hi) // 2
-            if _key(items[mid]) <= after:
+            if item_key(items[mid]) <= after:
                 lo = mid + 1
             else:
                 hi = mid
         start = lo
     page = list(items[start : start + size])
     more = start + size < len(items)
-    return page, encode_cursor(_key(page[-1])) if more and page else None
+    return page, encode_cursor(item_key(page[-1])) if more and page else None

@@ -157,15 +157,18 @@ def _from_validation_error(err: ValidationError, data: dict[str, Any]) -> list[P
                 del loc[2]
         if len(loc) >= 4 and loc[0] == "servers" and loc[2] == "auth" and loc[3] in AUTH_TYPES:
             del loc[3]
-        message = item["msg"]
-        if item["type"] == "missing":
-            message = "missing required key"
-        elif item["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see the configuration reference in the README)"
-        elif message.startswith("Value error, "):
-            message = message.removeprefix("Value error, ")
-        problems.append(Problem(tuple(loc), message))
+        problems.append(Problem(tuple(loc), readable(item, "the configuration reference")))
     return problems
+
+
+def readable(item: Any, reference: str) -> str:
+    """A pydantic error in the words a config file's author needs."""
+    message: str = item["msg"]
+    if item["type"] == "missing":
+        return "missing required key"
+    if item["type"] == "extra_forbidden":
+        return f"unknown key (check the spelling; see {reference} in the README)"
+    return message.removeprefix("Value error, ")
 
 
 def _cross_checks(config: Config) -> list[Problem]:

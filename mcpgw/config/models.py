@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mcpgw.config.auth import AuthSettings, UpstreamAuth
+from mcpgw.config.auth import AuthSettings, UpstreamAuth, http_url
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 """Server names become tool-name prefixes, so they obey the MCP tool-name alphabet."""
@@ -109,9 +109,7 @@ class _RemoteBase(_ServerBase):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-        return value
+        return http_url(value)
 
 
 class HttpServer(_RemoteBase):
@@ -162,9 +160,7 @@ class TelemetrySettings(_Model):
     @field_validator("endpoint")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-        return value
+        return http_url(value)
 
 
 class Config(_Model):
