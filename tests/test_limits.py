@@ -9,10 +9,12 @@ that got through.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mcpgw.config import ConfigError, parse_config
 from mcpgw.limits import Bucket, LocalLimiter, Refusal
 from mcpgw.pipeline import Caller, Outcome, Pipeline, Principal, Route, Step, StepKind
 from mcpgw.pipeline.errors import RateLimited
@@ -223,3 +225,21 @@ async def test_identical_limits_count_once_and_no_limits_costs_nothing() -> None
     free = Harness()
     assert await free.admitted(100) == [Outcome.OK] * 100
     assert len(free.limiter) == 0
+
+
+def test_the_limits_table() -> None:
+    path = Path("/etc/mcpgw/servers.toml")
+    config = parse_config('[limits]\nurl = "redis://:${PW}@redis.internal:6380/2"\non_unavailable = "local"\n',
+                          path, {"PW": "pa55word"})
+    assert config.limits.url == "redis://:pa55word@redis.internal:6380/2"
+    assert config.limits.display_url == "redis://redis.internal:6380/2"
+    assert "pa55word" not in repr(config)
+    assert parse_config("", path, {}).limits.url is None  # default: counters in process, fail-closed
+    with pytest.raises(ConfigError) as caught:
+        parse_config('[limits]\nurl = "http://:pa55word@x"\non_unavailable = "open"\nkey_prefx = "a"\n', path, {})
+    rendered = caught.value.render()
+    assert "servers.toml:2: limits.url: must be a redis://host[:port][/db], rediss://... or unix:///path URL" \
+        in rendered
+    assert "servers.toml:3: limits.on_unavailable:" in rendered and "'fail-closed' or 'local'" in rendered
+    assert "servers.toml:4: limits.key_prefx: unknown key" in rendered
+    assert "pa55word" not in rendered
