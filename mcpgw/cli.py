@@ -129,6 +129,11 @@ def cmd_check(args: argparse.Namespace) -> int:
                   f"default {policy.source.defaults.effect})")
         else:
             print(f"{gateway.policies_dir}: no policies folder: every tool is allowed to every caller")
+        limits = config.limits
+        if policy.source.limits or limits.url:
+            where = (f"in Redis at {limits.display_url} (when unreachable: {limits.on_unavailable})" if limits.url
+                     else "in this process")
+            print(f"rate limits: {len(policy.source.limits)} limit(s) on tools/call; counters {where}")
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     failed = False

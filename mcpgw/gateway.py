@@ -26,11 +26,13 @@ from opentelemetry.trace import Tracer
 from mcpgw.catalog import Catalog, Kind
 from mcpgw.config.loader import ConfigError, load_config
 from mcpgw.config.models import Config
+from mcpgw.limits import Limiter, build_limiter
 from mcpgw.pipeline.chain import Pipeline, Stage
 from mcpgw.pipeline.stages.approve import Approve
 from mcpgw.pipeline.stages.authorize import Authorize
 from mcpgw.pipeline.stages.dispatch import Dispatch
 from mcpgw.pipeline.stages.identify import Identify
+from mcpgw.pipeline.stages.limit import Limit
 from mcpgw.pipeline.stages.record import Record
 from mcpgw.pipeline.stages.resolve import Resolve
 from mcpgw.pipeline.stages.trace import Trace
@@ -69,6 +71,8 @@ class Gateway:
         self._log_listeners: list[LogListener] = []
         self._updated_listeners: list[UpdatedListener] = []
         self.upstreams: dict[str, McpUpstream] = {}
+        self.limiter: Limiter = build_limiter(config.limits)
+        """Rate-limit counters: kept across policy reloads (each new limit stage gets this one)."""
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._install(config, reuse={})
         self._startup_deadline: float | None = None
@@ -105,6 +109,7 @@ class Gateway:
             Authorize(self.policy),
             Approve(config.gateway.approval_timeout, self._approval_key),
             Resolve(catalog, config.gateway.call_timeout, timeouts, startup=self.wait_startup),
+            Limit(self.policy, self.limiter, config.limits.key_prefix),
             Dispatch(catalog, routes),
         ]
         if self.tracer is not None:
@@ -172,8 +177,14 @@ class Gateway:
                     tg.start_soon(self._watch_config)
             self.running.set()
             task_status.started()
-            if self.telemetry is not None:
-                await self._flush_telemetry_when_stopped()
+            try:
+                if self.telemetry is not None:
+                    await self._flush_telemetry_when_stopped()
+                else:
+                    await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    await self.limiter.aclose()
 
     async def _flush_telemetry_when_stopped(self) -> None:
         """Export the buffered spans as soon as the gateway is told to stop, while its upstreams
@@ -240,6 +251,12 @@ class Gateway:
                              and table(old, n) != table(config, n))
             if old.telemetry != config.telemetry:
                 log.warning("[telemetry] changed: the change takes effect when the gateway is restarted")
+            retired_limiter = None
+            if old.limits != config.limits:
+                # New counters: a different store (or key prefix) cannot carry the old ones over.
+                retired_limiter, self.limiter = self.limiter, build_limiter(config.limits)
+                log.info("[limits] changed: rate-limit counters now %s", "in Redis at "
+                         f"{config.limits.display_url}" if config.limits.url else "in this process")
             if old.gateway.separator != config.gateway.separator:
                 changed = sorted(set(changed) | {n for n in names if table(old, n) and table(config, n)})
             kept = {n: u for n, u in self.upstreams.items() if n not in removed and n not in changed}
@@ -252,6 +269,8 @@ class Gateway:
                     scope.cancel()
             for name in [*added, *changed]:
                 self._start(name)
+            if retired_limiter is not None:
+                await retired_limiter.aclose()
             summary = {"added": added, "removed": removed, "restarted": changed}
             log.info("configuration reloaded from %s: %s", config.source,
                      "; ".join(f"{k} {', '.join(v)}" for k, v in summary.items() if v) or "no upstream changed")

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mcpgw.config.auth import AuthSettings, UpstreamAuth, http_url
+from mcpgw.config.limits import LimitsSettings
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 """Server names become tool-name prefixes, so they obey the MCP tool-name alphabet."""
@@ -131,7 +132,7 @@ ServerConfig = McpServer
 
 PLANNED_KINDS = frozenset({"openapi", "rest"})
 KNOWN_KINDS = ("stdio", "http", "sse")
-PLANNED_TABLES = frozenset({"audit", "llm", "limits"})
+PLANNED_TABLES = frozenset({"audit", "llm"})
 
 
 class TelemetrySettings(_Model):
@@ -170,6 +171,7 @@ class Config(_Model):
     auth: AuthSettings = AuthSettings()
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
     telemetry: TelemetrySettings = TelemetrySettings()
+    limits: LimitsSettings = LimitsSettings()
     source: Path | None = Field(default=None, exclude=True, description="the file this snapshot was read from")
 
     def prefix_of(self, name: str) -> str:

@@ -71,6 +71,25 @@ class ApprovalDeclined(StepError):
     outcome = Outcome.DECLINED
 
 
+class RateLimited(StepError):
+    """A rate limit has no room for this call. The front answers with a tool error result that
+    says which limit and when to retry (`retry_after`, seconds), so the model can act on it."""
+
+    code = INVALID_PARAMS
+    outcome = Outcome.LIMITED
+
+    def __init__(self, message: str, *, limit: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class LimitsUnavailable(StepError):
+    """The shared rate-limit counters cannot be reached and the gateway fails closed."""
+
+    outcome = Outcome.UNAVAILABLE
+
+
 def unknown_target_message(kind: StepKind, target: str) -> str:
     """The one wording for "no such thing", used both for names that do not exist and for names
     the caller may not see, so the answer reveals nothing about which it is."""
