@@ -16,6 +16,7 @@ not itself take as parameters are.
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -34,6 +35,16 @@ class Rule:
     id: str
     why: str
     pattern: re.Pattern[str]
+    needles: tuple[str, ...] = ()
+    """Lower-case substrings one of which every match contains: a definition with none of them
+    skips the (much slower) regular expression. Empty: always run it."""
+
+    def may_match(self, text: str, lowered: str) -> bool:
+        if self.needles:
+            return any(needle in lowered for needle in self.needles)
+        if self.pattern is INVISIBLE_RE and text.isascii():
+            return False
+        return self.pattern.search(text) is not None
 
 
 _I = re.IGNORECASE
@@ -41,7 +52,8 @@ RULES: tuple[Rule, ...] = (
     Rule("hidden-tag", "markup addressed to the model that a person skimming the tool list does not see",
          re.compile(r"<\s*/?\s*(?:important|system|sys|instructions?|system[_ -]?prompt|hidden|secret|admin|"
                     r"critical|ai[_ -]?instructions?|note[_ -]to[_ -](?:ai|assistant|model|llm))\b[^<>]{0,60}>"
-                    r"|\[/?INST\]|<<\s*/?SYS\s*>>|<\|[a-z_]{2,20}\|>|<!--", _I)),
+                    r"|\[/?INST\]|<<\s*/?SYS\s*>>|<\|[a-z_]{2,20}\|>|<!--", _I),
+         ("<", "[inst", "[/inst")),
     Rule("model-directive", "an instruction aimed at the model rather than a description of the tool",
          re.compile(r"\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+)?(?:the\s+|your\s+)?"
                     r"(?:previous|prior|above|earlier|preceding|other|system)\s+"
@@ -56,7 +68,9 @@ RULES: tuple[Rule, ...] = (
                     r"|\botherwise\s+(?:the|this)\s+tool\s+(?:will|would|may|might|does|can)(?:\s+not|n'?t)\s+work"
                     r"|\byou\s+are\s+now\b|\b(?:new|updated|real)\s+(?:system\s+)?instructions?\s*:"
                     r"|\b(?:reveal|print|output|repeat|leak)\s+(?:the\s+|your\s+)?(?:system\s+prompt|"
-                    r"conversation\s+history|chat\s+history|previous\s+messages)", _I)),
+                    r"conversation\s+history|chat\s+history|previous\s+messages)", _I),
+         ("ignore", "disregard", "forget", "override", "user", "this tool", "otherwise", "you are now", "instruction",
+          "system prompt", "history", "previous messages")),
     Rule("invisible-unicode", "characters that render as nothing or reorder text (zero-width, bidirectional "
          "controls, Unicode tags): text a model reads and a person does not see",
          INVISIBLE_RE),
@@ -69,7 +83,11 @@ RULES: tuple[Rule, ...] = (
                     r"|\b[A-Z][A-Z0-9]*_(?:API_KEY|SECRET(?:_ACCESS)?(?:_KEY)?|TOKEN|PASSWORD|PRIVATE_KEY)\b"
                     r"|\bAWS_SECRET\w*"
                     r"|\b(?:api_?key|secret_key|access_token|refresh_token|private_key|client_secret|password|passwd)\b"
-                    r"|\b(?:private\s+key|ssh\s+key|seed\s+phrase|mnemonic\s+phrase|recovery\s+phrase)s?\b", _I)),
+                    r"|\b(?:private\s+key|ssh\s+key|seed\s+phrase|mnemonic\s+phrase|recovery\s+phrase)s?\b", _I),
+         ("ssh", "id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", ".aws/", ".env", "/etc/", ".netrc", ".pgpass",
+          ".kube/", ".docker/", ".git-credentials", ".npmrc", ".pypirc", "claude_desktop_config", "mcp.json",
+          "api_key", "apikey", "_secret", "secret_key", "_token", "_password", "private_key", "password", "passwd",
+          "private", "phrase")),
 )
 CROSS_SERVER = "cross-server-reference"
 _CROSS_WHY = "names another upstream's tools (shadowing: steering the model's use of a tool it does not own)"
@@ -141,13 +159,36 @@ class Scanner:
     """Scans definitions; compiled once per config snapshot (it knows the other servers' prefixes)."""
 
     def __init__(self, prefixes: dict[str, str], separator: str) -> None:
-        self._others: dict[str, re.Pattern[str]] = {}
+        self._others: dict[str, tuple[tuple[str, ...], re.Pattern[str]]] = {}
         for server in prefixes:
-            others = sorted({re.escape(p + separator) for s, p in prefixes.items() if s != server and p})
+            others = sorted({p + separator for s, p in prefixes.items() if s != server and p})
             if others:
-                self._others[server] = re.compile(rf"(?<![A-Za-z0-9_.-])(?:{'|'.join(others)})[A-Za-z0-9_.-]+")
+                alternatives = "|".join(map(re.escape, others))
+                self._others[server] = (tuple(others),
+                                        re.compile(rf"(?<![A-Za-z0-9_.-])(?:{alternatives})[A-Za-z0-9_.-]+"))
 
     def scan(self, upstream: str, kind: str, item: t.Tool | t.Prompt) -> list[Finding]:
+        # Fast path: most definitions are clean. One text holding everything a model reads tells
+        # which rules could match at all; only those walk the definition field by field.
+        parts = [item.name, item.title or "", item.description or ""]
+        if isinstance(item, t.Tool):
+            parts += [item.annotations.title or "" if item.annotations else "",
+                      json.dumps(item.input_schema, ensure_ascii=False),
+                      json.dumps(item.output_schema, ensure_ascii=False) if item.output_schema else ""]
+        else:
+            parts += [f"{arg.name}\n{arg.description or ''}" for arg in item.arguments or ()]
+        blob = "\n".join(parts)
+        lowered = blob.lower()
+        rules = [rule for rule in RULES if rule.may_match(blob, lowered)]
+        cross: re.Pattern[str] | None = None
+        if (others := self._others.get(upstream)) is not None and any(other in blob for other in others[0]):
+            cross = others[1]
+        if not rules and cross is None:
+            return []
+        return self._scan_fields(kind, item, rules, cross)
+
+    def _scan_fields(self, kind: str, item: t.Tool | t.Prompt, rules: list[Rule],
+                     cross: re.Pattern[str] | None) -> list[Finding]:
         texts: list[tuple[str, str, bool]] = [("name", item.name, True)]
         own: set[str] = {item.name.lower()}
         for attr in ("title", "description"):
@@ -168,24 +209,24 @@ class Scanner:
                 own.add(arg.name.lower())
                 if arg.description:
                     texts.append((f"arguments.{arg.name}.description", arg.description, False))
-        return list(self._findings(upstream, kind, item.name, texts, own))
+        return list(_findings(kind, item.name, texts, own, rules, cross))
 
-    def _findings(self, upstream: str, kind: str, name: str, texts: Iterable[tuple[str, str, bool]],
-                  own: set[str]) -> Iterator[Finding]:
-        cross = self._others.get(upstream)
-        for path, text, is_key in texts:
-            if is_key:  # names and schema keys: only characters can hide something in a name
-                if match := INVISIBLE_RE.search(text):
-                    yield Finding("invisible-unicode", kind, name, path, _excerpt(text, match))
-                continue
-            for rule in RULES:
-                for match in rule.pattern.finditer(text):
-                    if rule.id == "secret-reference" and _is_own(match.group(0), own):
-                        continue  # a tool that takes an `api_key` may well say so
-                    yield Finding(rule.id, kind, name, path, _excerpt(text, match))
-                    break
-            if cross is not None and (match := cross.search(text)):
-                yield Finding(CROSS_SERVER, kind, name, path, _excerpt(text, match))
+
+def _findings(kind: str, name: str, texts: Iterable[tuple[str, str, bool]], own: set[str], rules: list[Rule],
+              cross: re.Pattern[str] | None) -> Iterator[Finding]:
+    for path, text, is_key in texts:
+        if is_key:  # names and schema keys: only characters can hide something in a name
+            if match := INVISIBLE_RE.search(text):
+                yield Finding("invisible-unicode", kind, name, path, _excerpt(text, match))
+            continue
+        for rule in rules:
+            for match in rule.pattern.finditer(text):
+                if rule.id == "secret-reference" and _is_own(match.group(0), own):
+                    continue  # a tool that takes an `api_key` may well say so
+                yield Finding(rule.id, kind, name, path, _excerpt(text, match))
+                break
+        if cross is not None and (match := cross.search(text)):
+            yield Finding(CROSS_SERVER, kind, name, path, _excerpt(text, match))
 
 
 def _is_own(word: str, own: set[str]) -> bool:
