@@ -10,6 +10,7 @@ import pytest
 
 from mcpgw.catalog import Catalog, Kind, Listing
 from mcpgw.config import ConfigError, load_config, parse_config
+from mcpgw.pinning.approve import relock
 from mcpgw.pinning.lockfile import LockError, LockFile, PinnedServer, parse_lock, pin, render_lock, write_lock
 from mcpgw.pinning.scan import Scanner
 
@@ -183,6 +184,19 @@ def test_a_lock_edited_by_hand_or_broken_is_refused_naming_the_file(tmp_path: Pa
         parse_lock('{"version": 1, "servers": {"a": {"tools": []}}}')
     lock_path.unlink()
     assert load_config(config).lock is None
+
+
+def test_relocking_what_was_approved_changes_nothing_and_says_what_changed() -> None:
+    config = parse_config(SERVERS, Path("servers.toml"), {})
+    old = lock_of(a=APPROVED)
+    same = relock(old, config, {"a": APPROVED, "b": None}, {"b": "command not found"})
+    assert same.lock == old, "an unchanged lock is not rewritten (a running gateway would reload for nothing)"
+    assert same.lines == ["  a: 3 unchanged", "  b: FAILED (command not found): it has no entries in the lock"]
+    assert same.failed == ["b"]
+    grown = relock(old, config, {"a": Listing(tools=(tool("echo", "new"), tool("x"))), "b": Listing()}, {})
+    assert grown.lines == ["  a: 1 added, 1 changed, 2 removed, 0 unchanged", "    + tool x", "    ~ tool echo",
+                           "    - tool pid", "    - prompt greet", "  b: 0 unchanged"]
+    assert sorted(grown.lock.servers) == ["a", "b"] and not grown.failed
 
 
 def test_lock_file_location_follows_the_config_or_gateway_lock_file(tmp_path: Path) -> None:
