@@ -286,6 +286,10 @@ class Gateway:
         except ConfigError as exc:
             log.error("configuration NOT reloaded; still running the previous one. %s", exc.render())
             return False
+        if config.lock != self.config.lock:
+            lock = config.lock
+            log.info("lock file %s %s", config.lock_path,
+                     f"read: {lock.count()} approved definition(s)" if lock is not None else "is gone: pinning is off")
         await self.reload(config)
         return True
 
@@ -311,6 +315,11 @@ class Gateway:
                 await self.reload_from_file()
                 await self.reload_policies()
 
+    def _watched(self) -> set[str]:
+        """The files whose change reloads the config: servers.toml and its lock file."""
+        paths = {self.config.source, self.config.lock_path}
+        return {str(p.resolve()) for p in paths if p is not None}
+
     async def _watch_config(self) -> None:
         import watchfiles
 
@@ -318,23 +327,27 @@ class Gateway:
         assert source is not None
         target = source.resolve()
         policies = self.policies_dir.resolve()
-        # Watch the directories, not the files: editors replace files (write a temp file, rename
-        # it over). Only the config file and policy files pass the filter: a log file written
-        # beside them must not feed the watcher. Neither watch is recursive (the config may sit
-        # in a big tree); the policies folder joins the watch when it appears.
+        # Watch the directories, not the files: editors (and `mcpgw lock`) replace files (write a
+        # temp file, rename it over). Only the config file, its lock file and policy files pass the
+        # filter: a log file written beside them must not feed the watcher. Neither watch is
+        # recursive (the config may sit in a big tree); the policies folder joins the watch when it
+        # appears.
         def is_policy(path: str) -> bool:
             return path == str(policies) or (path.endswith(".toml") and Path(path).parent == policies)
 
         def is_config(change: watchfiles.Change, path: str) -> bool:
-            return path == str(target) or is_policy(path)
+            return path in self._watched() or is_policy(path)
 
         while True:
             watching_policies = policies.is_dir()
-            paths = [target.parent, *([policies] if watching_policies else [])]
+            paths = [*(Path(p).parent for p in sorted(self._watched())), *([policies] if watching_policies else [])]
             async for changes in watchfiles.awatch(*dict.fromkeys(paths), watch_filter=is_config, debounce=200,
                                                    recursive=False):
-                # awatch reports absolute paths of the watched (resolved) directories' entries.
-                if any(path == str(target) for change, path in changes if change is not watchfiles.Change.deleted):
+                # awatch reports absolute paths of the watched (resolved) directories' entries. A
+                # deleted lock file counts (pinning turns off); a deleted config file does not.
+                watched = self._watched()
+                if any(path in watched and (change is not watchfiles.Change.deleted or path != str(target))
+                       for change, path in changes):
                     await self.reload_from_file()
                 if any(is_policy(path) for _, path in changes):
                     await self.reload_policies()
@@ -390,6 +403,8 @@ class Gateway:
             info["kind"] = upstream.config.kind
             info.update(self.catalog.counts_of(name))
             info["catalog_problems"] = self.catalog.problems.get(name, [])
+            info["quarantined"] = [q.as_dict() for q in self.catalog.quarantine.get(name, [])]
+            info["scan_findings"] = [f.as_dict() for f in self.catalog.findings.get(name, [])]
             upstreams[name] = info
         up = sum(1 for u in self.upstreams.values() if u.state.status is Status.UP)
         return {
@@ -401,5 +416,7 @@ class Gateway:
             "prompts": len(self.catalog.prompts),
             "resources": len(self.catalog.resources),
             "resource_templates": len(self.catalog.templates),
+            "pinning": {"pin": self.catalog.pins.mode, "scan": self.catalog.pins.scan_mode,
+                        "lock_file": str(self.config.lock_path) if self.config.lock is not None else None},
             "upstreams": upstreams,
         }

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from mcpgw.config._lines import KeyPath, line_of, locate_keys
 from mcpgw.config.auth import AUTH_TYPES
 from mcpgw.config.models import KNOWN_KINDS, NAME_RE, PLANNED_KINDS, PLANNED_TABLES, Config
+from mcpgw.pinning.lockfile import LockError, read_lock
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -232,7 +233,7 @@ def _resolve_paths(config: Config, path: Path) -> Config:
 
 
 def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a config file."""
+    """Read and validate a config file, and the lock file beside it if there is one."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -240,4 +241,13 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
         raise ConfigError(path, [Problem((), "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, [Problem((), f"cannot read: {exc}")]) from None
-    return parse_config(text, path, env)
+    config = parse_config(text, path, env)
+    lock_path = config.lock_path
+    if lock_path is None:
+        return config
+    try:
+        lock = read_lock(lock_path)
+    except LockError as exc:
+        keyed = [Problem(tuple(key.split(".")) if key else (), message) for key, message in exc.problems]
+        raise ConfigError(lock_path, keyed) from None
+    return config.model_copy(update={"lock": lock}) if lock is not None else config

@@ -30,6 +30,14 @@ class UnknownTarget(StepError):
     outcome = Outcome.NOT_FOUND
 
 
+class Quarantined(StepError):
+    """The tool or prompt is held out of the catalog by pinning or the description scanner; the
+    message says which and how to approve it."""
+
+    code = INVALID_PARAMS
+    outcome = Outcome.DENIED
+
+
 class UpstreamUnavailable(StepError):
     """The owning upstream is down, restarting, or died while the call was in flight."""
 
