@@ -13,6 +13,11 @@ separator inside an upstream's own names cannot misroute a call and a URI that b
 configured upstream is refused. Collisions are resolved by config order (the earlier server keeps
 the name) and reported, never silently merged.
 
+Before an upstream's tools and prompts enter, `mcpgw.pinning` reviews them: a definition that
+changed since it was approved in the lock file (or, under `pin = "strict"`, one that is not in
+it), or one the description scanner flags under `scan = "block"`, is quarantined — kept out of
+the catalog, and remembered so that a request for it is refused saying why.
+
 The catalog is rebuilt for one upstream at a time and keeps ready-to-serve sorted tuples, so a
 list request costs a slice, not a rebuild.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +39,10 @@ import mcp.types as t
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 
 from mcpgw.config.models import Config
+from mcpgw.pinning.review import Pins, Quarantine
+from mcpgw.pinning.scan import Finding
+
+log = logging.getLogger("mcpgw")
 
 TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _INVALID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
@@ -159,6 +169,12 @@ class Catalog:
         self._own_problems: dict[str, list[str]] = {}
         self.problems: dict[str, list[str]] = {}
         """Per upstream: names that were renamed or withheld, and why."""
+        self.pins = Pins(config)
+        self.quarantine: dict[str, list[Quarantine]] = {}
+        """Per upstream: tools and prompts held out of the catalog by pinning or scanning."""
+        self.findings: dict[str, list[Finding]] = {}
+        """Per upstream: what the description scanner found (whether or not it blocked)."""
+        self._held: dict[tuple[str, str], Quarantine] = {}
         self.version = 0
 
     # -- building ----------------------------------------------------------------------------
@@ -177,11 +193,18 @@ class Catalog:
         sep = self._config.gateway.separator
         problems: list[str] = []
 
+        held: list[Quarantine] = []
+        findings: list[Finding] = []
+
         def named(kind: Kind, items: Iterable[Any]) -> dict[str, Entry[Any]]:
+            if kind is Kind.TOOL:
+                items = [i for i in items if _selected(i.name, server.tools.include, server.tools.exclude)]
+            review = self.pins.review(upstream, "tool" if kind is Kind.TOOL else "prompt", list(items),
+                                      lambda name: export_name(prefix, sep, name))
+            held.extend(review.held)
+            findings.extend(review.findings)
             entries: dict[str, Entry[Any]] = {}
-            for item in items:
-                if kind is Kind.TOOL and not _selected(item.name, server.tools.include, server.tools.exclude):
-                    continue
+            for item in review.admitted:
                 exported = export_name(prefix, sep, item.name)
                 if exported != (f"{prefix}{sep}{item.name}" if prefix else item.name):
                     problems.append(f"{kind.value} {item.name!r} exported as {exported!r} (not a valid name as is)")
@@ -218,10 +241,35 @@ class Catalog:
                 problems.append(f"resource template {entry.name!r} is not a valid URI template; reads through it "
                                 "are only possible with its mcpgw:// form")
         self._templates[upstream] = compiled
+        self._hold(upstream, held, findings)
         if changed or problems != self._own_problems.get(upstream, []):
             self._own_problems[upstream] = problems
             self._merge()
         return changed
+
+    def _hold(self, upstream: str, held: list[Quarantine], findings: list[Finding]) -> None:
+        before = self.quarantine.get(upstream, [])
+        fresh = [q for q in held if q not in before]
+        for reason in ("changed", "new", "scan"):
+            names = [q.exported for q in fresh if q.reason == reason]
+            if names:
+                shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+                why = {"changed": f"changed since approved in {self.pins.lock_name}",
+                       "new": f"not in {self.pins.lock_name} (pin = \"strict\")",
+                       "scan": "flagged by the description scanner (scan = \"block\")"}[reason]
+                log.warning("upstream %s: quarantined %d definition(s) %s: %s; run `mcpgw check` to see why, "
+                            "`mcpgw lock` to approve", upstream, len(names), why, shown)
+        if findings and findings != self.findings.get(upstream, []) and self.pins.scan_mode == "warn":
+            rules = ", ".join(sorted({f.rule for f in findings}))
+            log.warning("upstream %s: %d finding(s) of the tool-description scanner (%s); run `mcpgw check` to "
+                        "see them", upstream, len(findings), rules)
+        self.quarantine[upstream] = held
+        self.findings[upstream] = findings
+        self._held = {(q.kind, q.exported): q for qs in self.quarantine.values() for q in qs}
+
+    def quarantined(self, kind: Kind, exported: str) -> Quarantine | None:
+        """The quarantine holding the tool or prompt an agent named, if that is why it is not listed."""
+        return self._held.get((kind.value, exported))
 
     def _merge(self) -> None:
         problems = {name: list(found) for name, found in self._own_problems.items()}
@@ -319,7 +367,8 @@ def decode_cursor(cursor: str) -> str:
     return raw[3:]
 
 
-def _key(item: Any) -> str:
+def item_key(item: Any) -> str:
+    """The exported identifier of a listed item: a tool's or prompt's name, a resource's URI."""
     if isinstance(item, t.Resource):
         return str(item.uri)
     if isinstance(item, t.ResourceTemplate):
@@ -336,11 +385,11 @@ def paginate(items: Sequence[Item], cursor: str | None, size: int) -> tuple[list
         lo, hi = 0, len(items)
         while lo < hi:  # first index whose key sorts after the cursor
             mid = (lo + hi) // 2
-            if _key(items[mid]) <= after:
+            if item_key(items[mid]) <= after:
                 lo = mid + 1
             else:
                 hi = mid
         start = lo
     page = list(items[start : start + size])
     more = start + size < len(items)
-    return page, encode_cursor(_key(page[-1])) if more and page else None
+    return page, encode_cursor(item_key(page[-1])) if more and page else None

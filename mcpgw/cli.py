@@ -1,7 +1,8 @@
-"""`mcpgw`: serve the gateway, check a config, list the catalog, read the audit trail.
+"""`mcpgw`: serve the gateway, check a config, list the catalog, pin tool definitions, read the
+audit trail.
 
 Exit codes: 0 ok; 1 the config is valid but something is wrong at run time (an upstream failed,
-tools were withheld); 2 the config itself is invalid or the command line is wrong.
+tools were withheld or quarantined); 2 the config itself is invalid or the command line is wrong.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from mcpgw.audit.store import StoreError
 from mcpgw.config import Config, ConfigError, load_config
 from mcpgw.gateway import Gateway
 from mcpgw.netutil import is_loopback
+from mcpgw.pinning.approve import relock
+from mcpgw.pinning.lockfile import write_lock
 from mcpgw.policy.explain import parse_principal, print_decisions
 from mcpgw.policy.loader import PolicyError
 from mcpgw.telemetry import start_telemetry
@@ -119,6 +122,27 @@ async def _settle(config: Config, policies: Path | None = None) -> tuple[Gateway
     return gateway, report
 
 
+def _pinning_line(config: Config) -> str:
+    gw = config.gateway
+    scan = f"scan = {gw.scan!r}"
+    if config.lock is None:
+        return f"pinning: off (no {config.lock_path}; run `mcpgw lock` to pin tool definitions); {scan}"
+    if gw.pin == "off":
+        return f"pinning: off ([gateway] pin = 'off'; {config.lock_path} is ignored); {scan}"
+    return (f"pinning: pin = {gw.pin!r} against {config.lock_path} ({config.lock.count()} approved "
+            f"definition(s)); {scan}")
+
+
+def _print_pinning(info: dict[str, Any]) -> None:
+    for held in info["quarantined"]:
+        print(f"       QUARANTINED {held['message']}")
+        for line in held["diff"].splitlines():
+            print(f"         {line}")
+    for finding in info["scan_findings"]:
+        print(f"       scan: [{finding['rule']}] {finding['kind']} {finding['name']} {finding['field']}: "
+              f"{finding['excerpt']}")
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     principal = parse_principal(args.as_) if args.as_ else None
@@ -132,6 +156,12 @@ def cmd_check(args: argparse.Namespace) -> int:
                   f"default {policy.source.defaults.effect})")
         else:
             print(f"{gateway.policies_dir}: no policies folder: every tool is allowed to every caller")
+        limits = config.limits
+        if policy.source.limits or limits.url:
+            where = (f"in Redis at {limits.display_url} (when unreachable: {limits.on_unavailable})" if limits.url
+                     else "in this process")
+            print(f"rate limits: {len(policy.source.limits)} limit(s) on tools/call; counters {where}")
+        print(_pinning_line(config))
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     failed = False
@@ -148,6 +178,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(f"       warning: {warning}")
             for problem in info["catalog_problems"]:
                 print(f"       problem: {problem}")
+            _print_pinning(info)
             catalog = gateway.catalog
             for label, index in (("tool", catalog.tools_index), ("prompt", catalog.prompts_index),
                                  ("resource", catalog.resources_index), ("template", catalog.templates_index)):
@@ -159,12 +190,45 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"catalog: {report['tools']} tool(s), {report['prompts']} prompt(s), {report['resources']} "
               f"resource(s), {report['resource_templates']} resource template(s) from "
               f"{report['upstreams_up']}/{report['upstreams_total']} upstream(s) up")
+    held = sum(len(info["quarantined"]) for info in report["upstreams"].values())
+    if held and not args.json:
+        print(f"{held} tool(s)/prompt(s) quarantined: review the changes above; `mcpgw lock` approves what the "
+              "upstreams serve now")
     for info in report["upstreams"].values():
         if info["status"] != Status.UP.value or any("withheld" in p for p in info["catalog_problems"]):
             failed = True
     if principal is not None:
         print_decisions(gateway, principal)
-    return 1 if failed else 0
+    return 1 if failed or held else 0
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    config = _load(args)
+    path = config.lock_path
+    assert path is not None  # a config read from a file always has one
+    # Pinning is off while listing: what the upstreams serve now is what is being approved.
+    unpinned = config.model_copy(update={"gateway": config.gateway.model_copy(update={"pin": "off"})})
+    gateway, report = anyio.run(_settle, unpinned)
+    # The report was taken while the upstreams ran; their listings outlive the stop.
+    listings = {name: gateway.upstreams[name].listing if info["status"] == Status.UP.value else None
+                for name, info in report["upstreams"].items()}
+    errors = {name: str(info["error"] or info["status"]) for name, info in report["upstreams"].items()}
+    result = relock(config.lock, config, listings, errors)
+    if config.lock is not None and result.lock == config.lock:
+        print(f"{path}: unchanged ({result.lock.count()} approved definition(s))")
+    else:
+        write_lock(path, result.lock)
+        print(f"{path}: written ({len(result.lock.servers)} server(s), {result.lock.count()} definition(s))")
+    for line in result.lines:
+        print(line)
+    findings = sum(len(f) for f in gateway.catalog.findings.values())
+    if findings:
+        print(f"note: the description scanner has {findings} finding(s) in what the upstreams serve; a lock does "
+              "not clear them (`mcpgw check` shows them)")
+    if result.failed:
+        print(f"mcpgw: {len(result.failed)} upstream(s) could not be listed ({', '.join(result.failed)}); their "
+              "previous entries were kept", file=sys.stderr)
+    return 1 if result.failed else 0
 
 
 def cmd_tools(args: argparse.Namespace) -> int:
@@ -181,6 +245,11 @@ def cmd_tools(args: argparse.Namespace) -> int:
     down = [n for n, info in report["upstreams"].items() if info["status"] != Status.UP.value]
     for name in down:
         print(f"mcpgw: upstream {name!r} is not up: {report['upstreams'][name]['error']}", file=sys.stderr)
+    held = [q for qs in gateway.catalog.quarantine.values() for q in qs]
+    if held:
+        names = ", ".join(q.exported for q in held)
+        print(f"mcpgw: {len(held)} tool(s)/prompt(s) quarantined and not listed ({names}); `mcpgw check` says why",
+              file=sys.stderr)
     return 1 if down else 0
 
 
@@ -206,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "'sub=alice,scopes=support+billing,client=cli,groups=ops'")
     check.set_defaults(func=cmd_check)
 
+    lock = sub.add_parser("lock", help="start every upstream once and pin its tool and prompt definitions in "
+                                       "servers.lock (approving what they serve now)")
+    _add_config_args(lock)
+    lock.set_defaults(func=cmd_lock)
+
     tools = sub.add_parser("tools", help="list the namespaced tool catalog")
     _add_config_args(tools)
     tools.add_argument("--json", action="store_true", help="print full tool definitions as JSON")
@@ -228,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    quiet = args.command in ("check", "tools", "audit") and args.log_level == "info"
+    quiet = args.command in ("check", "tools", "lock", "audit") and args.log_level == "info"
     _setup_logging("warning" if quiet else args.log_level)
     try:
         code: int = args.func(args)

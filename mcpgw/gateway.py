@@ -29,12 +29,14 @@ from mcpgw.audit.writer import AuditTrail
 from mcpgw.catalog import Catalog, Kind
 from mcpgw.config.loader import ConfigError, load_config
 from mcpgw.config.models import Config
+from mcpgw.limits import Limiter, build_limiter
 from mcpgw.pipeline.chain import Pipeline, Stage
 from mcpgw.pipeline.stages.approve import Approve
 from mcpgw.pipeline.stages.audit import Audit
 from mcpgw.pipeline.stages.authorize import Authorize
 from mcpgw.pipeline.stages.dispatch import Dispatch
 from mcpgw.pipeline.stages.identify import Identify
+from mcpgw.pipeline.stages.limit import Limit
 from mcpgw.pipeline.stages.record import Record
 from mcpgw.pipeline.stages.resolve import Resolve
 from mcpgw.pipeline.stages.trace import Trace
@@ -79,6 +81,8 @@ class Gateway:
         self._log_listeners: list[LogListener] = []
         self._updated_listeners: list[UpdatedListener] = []
         self.upstreams: dict[str, McpUpstream] = {}
+        self.limiter: Limiter = build_limiter(config.limits)
+        """Rate-limit counters: kept across policy reloads (each new limit stage gets this one)."""
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._install(config, reuse={})
         self._startup_deadline: float | None = None
@@ -116,6 +120,7 @@ class Gateway:
             Authorize(self.policy),
             Approve(config.gateway.approval_timeout, self._approval_key),
             Resolve(catalog, config.gateway.call_timeout, timeouts, startup=self.wait_startup),
+            Limit(self.policy, self.limiter, config.limits.key_prefix),
             Dispatch(catalog, routes),
         ]
         if self.tracer is not None:
@@ -202,8 +207,14 @@ class Gateway:
                     tg.start_soon(self._flush_audit_when_stopped)
                 self.running.set()
                 task_status.started()
-                if self.telemetry is not None:
-                    await self._flush_telemetry_when_stopped()
+                try:
+                    if self.telemetry is not None:
+                        await self._flush_telemetry_when_stopped()
+                    else:
+                        await anyio.sleep_forever()
+                finally:
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                        await self.limiter.aclose()
         finally:
             if self.trail is not None:
                 # Every step has ended by now (the fronts stop serving before they stop the
@@ -286,6 +297,12 @@ class Gateway:
                              and table(old, n) != table(config, n))
             if old.telemetry != config.telemetry:
                 log.warning("[telemetry] changed: the change takes effect when the gateway is restarted")
+            retired_limiter = None
+            if old.limits != config.limits:
+                # New counters: a different store (or key prefix) cannot carry the old ones over.
+                retired_limiter, self.limiter = self.limiter, build_limiter(config.limits)
+                log.info("[limits] changed: rate-limit counters now %s", "in Redis at "
+                         f"{config.limits.display_url}" if config.limits.url else "in this process")
             if old.gateway.separator != config.gateway.separator:
                 changed = sorted(set(changed) | {n for n in names if table(old, n) and table(config, n)})
             kept = {n: u for n, u in self.upstreams.items() if n not in removed and n not in changed}
@@ -299,6 +316,8 @@ class Gateway:
                     scope.cancel()
             for name in [*added, *changed]:
                 self._start(name)
+            if retired_limiter is not None:
+                await retired_limiter.aclose()
             summary = {"added": added, "removed": removed, "restarted": changed}
             log.info("configuration reloaded from %s: %s", config.source,
                      "; ".join(f"{k} {', '.join(v)}" for k, v in summary.items() if v) or "no upstream changed")
@@ -324,6 +343,10 @@ class Gateway:
         except ConfigError as exc:
             log.error("configuration NOT reloaded; still running the previous one. %s", exc.render())
             return False
+        if config.lock != self.config.lock:
+            lock = config.lock
+            log.info("lock file %s %s", config.lock_path,
+                     f"read: {lock.count()} approved definition(s)" if lock is not None else "is gone: pinning is off")
         await self.reload(config)
         return True
 
@@ -349,6 +372,11 @@ class Gateway:
                 await self.reload_from_file()
                 await self.reload_policies()
 
+    def _watched(self) -> set[str]:
+        """The files whose change reloads the config: servers.toml and its lock file."""
+        paths = {self.config.source, self.config.lock_path}
+        return {str(p.resolve()) for p in paths if p is not None}
+
     async def _watch_config(self) -> None:
         import watchfiles
 
@@ -356,23 +384,27 @@ class Gateway:
         assert source is not None
         target = source.resolve()
         policies = self.policies_dir.resolve()
-        # Watch the directories, not the files: editors replace files (write a temp file, rename
-        # it over). Only the config file and policy files pass the filter: a log file written
-        # beside them must not feed the watcher. Neither watch is recursive (the config may sit
-        # in a big tree); the policies folder joins the watch when it appears.
+        # Watch the directories, not the files: editors (and `mcpgw lock`) replace files (write a
+        # temp file, rename it over). Only the config file, its lock file and policy files pass the
+        # filter: a log file written beside them must not feed the watcher. Neither watch is
+        # recursive (the config may sit in a big tree); the policies folder joins the watch when it
+        # appears.
         def is_policy(path: str) -> bool:
             return path == str(policies) or (path.endswith(".toml") and Path(path).parent == policies)
 
         def is_config(change: watchfiles.Change, path: str) -> bool:
-            return path == str(target) or is_policy(path)
+            return path in self._watched() or is_policy(path)
 
         while True:
             watching_policies = policies.is_dir()
-            paths = [target.parent, *([policies] if watching_policies else [])]
+            paths = [*(Path(p).parent for p in sorted(self._watched())), *([policies] if watching_policies else [])]
             async for changes in watchfiles.awatch(*dict.fromkeys(paths), watch_filter=is_config, debounce=200,
                                                    recursive=False):
-                # awatch reports absolute paths of the watched (resolved) directories' entries.
-                if any(path == str(target) for change, path in changes if change is not watchfiles.Change.deleted):
+                # awatch reports absolute paths of the watched (resolved) directories' entries. A
+                # deleted lock file counts (pinning turns off); a deleted config file does not.
+                watched = self._watched()
+                if any(path in watched and (change is not watchfiles.Change.deleted or path != str(target))
+                       for change, path in changes):
                     await self.reload_from_file()
                 if any(is_policy(path) for _, path in changes):
                     await self.reload_policies()
@@ -428,6 +460,8 @@ class Gateway:
             info["kind"] = upstream.config.kind
             info.update(self.catalog.counts_of(name))
             info["catalog_problems"] = self.catalog.problems.get(name, [])
+            info["quarantined"] = [q.as_dict() for q in self.catalog.quarantine.get(name, [])]
+            info["scan_findings"] = [f.as_dict() for f in self.catalog.findings.get(name, [])]
             upstreams[name] = info
         up = sum(1 for u in self.upstreams.values() if u.state.status is Status.UP)
         return {
@@ -439,6 +473,8 @@ class Gateway:
             "prompts": len(self.catalog.prompts),
             "resources": len(self.catalog.resources),
             "resource_templates": len(self.catalog.templates),
+            "pinning": {"pin": self.catalog.pins.mode, "scan": self.catalog.pins.scan_mode,
+                        "lock_file": str(self.config.lock_path) if self.config.lock is not None else None},
             "upstreams": upstreams,
             "audit": self.trail.stats() if self.trail is not None else None,
         }

@@ -6,6 +6,7 @@ tests/upstreams, the gateway as a subprocess, agents over HTTP with real tokens.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,9 @@ import httpx2
 import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
+
+from mcpgw.auth.upstream import StaticCredential
+from mcpgw.config.auth import ApiKeyAuth
 
 from .auth_support import AuthServer, oauth_server, protected_upstream, unverified
 from .conftest import PY, Process, gateway_http, gateway_stdio, text, write_config
@@ -83,8 +87,8 @@ async def test_client_credentials_token_is_cached_and_names_the_upstream(tmp_pat
 
 
 @asynccontextmanager
-async def exchange_setup(tmp_path: Path, *, log_level: str = "info", refuse: tuple[str, ...] = ("mallory",)
-                         ) -> AsyncIterator[tuple[str, AuthServer, Any, Process]]:
+async def exchange_setup(tmp_path: Path, *, log_level: str = "info", refuse: tuple[str, ...] = ("mallory",),
+                         extra: str = "") -> AsyncIterator[tuple[str, AuthServer, Any, Process]]:
     seen = tmp_path / "seen.txt"
     async with oauth_server(clients={"mcpgw": CLIENT_SECRET}, gateway_audience=GW_AUDIENCE,
                             refuse_subjects=refuse) as auth, protected_upstream(auth=auth, seen=seen) as up:
@@ -101,7 +105,7 @@ async def exchange_setup(tmp_path: Path, *, log_level: str = "info", refuse: tup
             client_id = "mcpgw"
             client_secret = "{CLIENT_SECRET}"
             scopes = ["mcp", "crm.read"]
-            """))
+            """) + extra)
         async with gateway_http(config, env={"MCPGW_LOG_LEVEL": log_level}) as (url, proc):
             yield url, auth, up, proc
 
@@ -161,7 +165,8 @@ async def test_stdio_caller_has_no_token_to_exchange(tmp_path: Path) -> None:
 
 async def test_no_secret_or_token_appears_in_any_output_channel(tmp_path: Path) -> None:
     """Every channel an operator or agent can see, grepped for every secret value in play."""
-    async with exchange_setup(tmp_path, log_level="debug") as (url, auth, up, proc):
+    telemetry = '\n[telemetry]\nexporter = "console"\n'  # spans as JSON lines on the gateway's stderr
+    async with exchange_setup(tmp_path, log_level="debug", extra=telemetry) as (url, auth, up, proc):
         alice, mallory = await caller_token(auth, "alice"), await caller_token(auth, "mallory")
         shown: list[str] = []
         async with agent(url, alice) as client:
@@ -181,7 +186,8 @@ async def test_no_secret_or_token_appears_in_any_output_channel(tmp_path: Path) 
             shown.append((await http.get(f"{url}/readyz")).text)
             shown.append((await http.post(f"{url}/mcp", json={}, headers={"Authorization": "Bearer " + alice[:-4]
                                                                           + "AAAA"})).text)
-    shown.append(proc.text)  # the gateway's whole log, at debug level
+    shown.append(proc.text)  # the gateway's whole log, at debug level, with every span's attributes
+    assert '"tools/call prot__whoami"' in proc.text, "the OpenTelemetry spans were not in the captured output"
     secrets = {CLIENT_SECRET, alice, mallory, *up.seen_tokens()}
     assert len(secrets) >= 4  # the client secret, two caller tokens, and at least one upstream token
     for secret in secrets:
@@ -205,3 +211,25 @@ async def test_failed_discovery_is_reported_by_check(tmp_path: Path) -> None:
     assert checked.returncode == 1, out
     assert "FAIL prot" in out and "upstream 'prot': cannot find its token endpoint: the protected-resource " \
         "metadata names no authorization_servers; set token_url" in out, out
+
+
+async def test_api_key_and_basic_credentials(tmp_path: Path) -> None:
+    basic = "Basic " + base64.b64encode(b"svc:pa:ss").decode()
+    async with protected_upstream(static_header=("X-Api-Key", "k-123")) as keyed, \
+            protected_upstream(static_header=("Authorization", basic)) as based:
+        config = write_config(tmp_path,
+                              remote(keyed.url, 'auth = { type = "api_key", name = "X-Api-Key", value = "k-123" }')
+                              + remote(based.url, 'auth = { type = "basic", username = "svc", password = "pa:ss" }'
+                                       ).replace("[servers.prot]", "[servers.based]"))
+        async with gateway_stdio(config) as client:
+            assert (await whoami(client))["mode"] == "static-header"
+            assert (await whoami(client, "based__whoami"))["mode"] == "static-header"
+
+
+async def test_api_key_in_the_query_string() -> None:
+    flow = StaticCredential(ApiKeyAuth.model_validate({"type": "api_key", "in": "query", "name": "key",
+                                                      "value": "k 1"})).async_auth_flow(
+        httpx2.Request("POST", "http://up.test/mcp?x=1"))
+    request = await flow.__anext__()
+    assert str(request.url) == "http://up.test/mcp?x=1&key=k+1"
+    assert "authorization" not in request.headers

@@ -4,14 +4,18 @@ both eras, hot reload of the policies folder."""
 from __future__ import annotations
 
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import mcp.types as t
 import pytest
 from mcp import Client, MCPError
+from mcp.client.streamable_http import streamable_http_client
 
+from .auth_support import oauth_server
 from .conftest import KIT, PY, gateway_http, gateway_stdio, stdio_server_toml, text, wait_until, write_config
 
 pytestmark = pytest.mark.anyio
@@ -173,3 +177,53 @@ async def test_check_as_prints_each_tools_decision_and_rule(tmp_path: Path) -> N
     guest = await anyio.run_process([PY, "-m", "mcpgw", "check", "--config", str(config), "--as", "sub=eve"],
                                     check=False)
     assert "roles none" in guest.stdout.decode() and "allow " not in guest.stdout.decode()
+
+
+async def test_no_answer_in_time_is_a_refusal(tmp_path: Path) -> None:
+    config = setup(tmp_path)
+    config.write_text(config.read_text().replace("[gateway]\n", "[gateway]\napproval_timeout = 0.5\n", 1))
+    never = anyio.Event()
+
+    async def on_elicit(context: Any, params: t.ElicitRequestParams) -> t.ElicitResult:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    async with gateway_stdio(config, mode="legacy", elicitation_callback=on_elicit) as client:
+        message = await error_of(client, "kit__echo", {"text": "refund 3"})
+        never.set()
+    assert "needs a human's approval, and none came within 0.5s; the call was not forwarded" in message
+
+
+async def test_lists_differ_per_authenticated_principal_on_one_gateway(tmp_path: Path) -> None:
+    """Two callers with real tokens on one HTTP gateway: each sees only what its roles allow, and
+    one caller's cached listing is never served to the other."""
+    audience = "http://gw.test/mcp"
+    policy = POLICY + """
+        [[roles]]
+        name = "ops"
+        match = { groups = ["ops"] }
+        allow = ["kit__pid"]
+        """
+    async with oauth_server(gateway_audience=audience) as auth:
+        config = setup(tmp_path, policy)
+        config.write_text(config.read_text().replace("[auth.stdio]", f"""[auth]
+issuer = "{auth.issuer}"
+audience = "{audience}"
+jwks_url = "{auth.jwks_url}"
+
+[auth.stdio]"""))
+        now = int(time.time())
+
+        async def tools_of(claims: dict[str, Any]) -> set[str]:
+            token = await auth.mint({"aud": audience, "iat": now, "exp": now + 300, **claims})
+            async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http, \
+                    Client(streamable_http_client(f"{url}/mcp", http_client=http), mode="legacy", cache=None) as c:
+                return {tool.name for tool in (await c.list_tools()).tools}
+
+        async with gateway_http(config) as (url, _):
+            alice = await tools_of({"sub": "alice", "scope": "support"})
+            olga = await tools_of({"sub": "olga", "roles": ["ops"]})
+            alice_again = await tools_of({"sub": "alice", "scope": "support"})
+    assert "kit__echo" in alice and "kit__pid" not in alice
+    assert olga == {"kit__pid"}
+    assert alice_again == alice

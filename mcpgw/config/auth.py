@@ -21,7 +21,8 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _http_url(value: str) -> str:
+def http_url(value: str) -> str:
+    """Validate a URL a config key holds: http or https, with a host."""
     if not re.match(r"^https?://[^/\s]+", value):
         raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
     return value
@@ -69,7 +70,7 @@ class AuthSettings(_Model):
     @field_validator("issuer", "audience", "jwks_url", "introspection_url")
     @classmethod
     def _urls(cls, value: str | None) -> str | None:
-        return None if value is None else _http_url(value)
+        return None if value is None else http_url(value)
 
     @field_validator("algorithms")
     @classmethod
@@ -146,7 +147,7 @@ class _TokenEndpoint(_Model):
     @field_validator("token_url")
     @classmethod
     def _token_url(cls, value: str | None) -> str | None:
-        return None if value is None else _http_url(value)
+        return None if value is None else http_url(value)
 
 
 class ClientCredentialsAuth(_TokenEndpoint):

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from mcpgw.config._lines import KeyPath, line_of, locate_keys
 from mcpgw.config.auth import AUTH_TYPES
 from mcpgw.config.models import KNOWN_KINDS, NAME_RE, PLANNED_KINDS, PLANNED_TABLES, Config
+from mcpgw.pinning.lockfile import LockError, read_lock
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -157,15 +158,18 @@ def _from_validation_error(err: ValidationError, data: dict[str, Any]) -> list[P
                 del loc[2]
         if len(loc) >= 4 and loc[0] == "servers" and loc[2] == "auth" and loc[3] in AUTH_TYPES:
             del loc[3]
-        message = item["msg"]
-        if item["type"] == "missing":
-            message = "missing required key"
-        elif item["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see the configuration reference in the README)"
-        elif message.startswith("Value error, "):
-            message = message.removeprefix("Value error, ")
-        problems.append(Problem(tuple(loc), message))
+        problems.append(Problem(tuple(loc), readable(item, "the configuration reference")))
     return problems
+
+
+def readable(item: Any, reference: str) -> str:
+    """A pydantic error in the words a config file's author needs."""
+    message: str = item["msg"]
+    if item["type"] == "missing":
+        return "missing required key"
+    if item["type"] == "extra_forbidden":
+        return f"unknown key (check the spelling; see {reference} in the README)"
+    return message.removeprefix("Value error, ")
 
 
 def _cross_checks(config: Config) -> list[Problem]:
@@ -234,7 +238,7 @@ def _resolve_paths(config: Config, path: Path) -> Config:
 
 
 def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a config file."""
+    """Read and validate a config file, and the lock file beside it if there is one."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -242,4 +246,13 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
         raise ConfigError(path, [Problem((), "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, [Problem((), f"cannot read: {exc}")]) from None
-    return parse_config(text, path, env)
+    config = parse_config(text, path, env)
+    lock_path = config.lock_path
+    if lock_path is None:
+        return config
+    try:
+        lock = read_lock(lock_path)
+    except LockError as exc:
+        keyed = [Problem(tuple(key.split(".")) if key else (), message) for key, message in exc.problems]
+        raise ConfigError(lock_path, keyed) from None
+    return config.model_copy(update={"lock": lock}) if lock is not None else config

@@ -14,7 +14,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mcpgw.config.auth import AuthSettings, UpstreamAuth
+from mcpgw.config.auth import AuthSettings, UpstreamAuth, http_url
+from mcpgw.config.limits import LimitsSettings
+from mcpgw.pinning.lockfile import LockFile
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 """Server names become tool-name prefixes, so they obey the MCP tool-name alphabet."""
@@ -55,6 +57,17 @@ class GatewaySettings(_Model):
     allowed_origins: tuple[str, ...] = Field(
         default=(),
         description="extra Origin header values the HTTP front accepts (loopback origins are always accepted)",
+    )
+    pin: Literal["off", "new-ok", "strict"] = Field(
+        default="strict",
+        description="with a lock file present: quarantine changed tools and prompts, and (strict) ones not in "
+        "the lock; without a lock file pinning is off whatever this says",
+    )
+    scan: Literal["off", "warn", "block"] = Field(
+        default="warn", description="scan tool and prompt definitions for poisoning patterns; block quarantines"
+    )
+    lock_file: Path | None = Field(
+        default=None, description="default: the config file's name with .lock (servers.lock), beside it"
     )
 
     @field_validator("separator")
@@ -109,9 +122,7 @@ class _RemoteBase(_ServerBase):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-        return value
+        return http_url(value)
 
 
 class HttpServer(_RemoteBase):
@@ -133,7 +144,7 @@ ServerConfig = McpServer
 
 PLANNED_KINDS = frozenset({"openapi", "rest"})
 KNOWN_KINDS = ("stdio", "http", "sse")
-PLANNED_TABLES = frozenset({"llm", "limits"})
+PLANNED_TABLES = frozenset({"llm"})
 
 
 class TelemetrySettings(_Model):
@@ -162,9 +173,7 @@ class TelemetrySettings(_Model):
     @field_validator("endpoint")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-        return value
+        return http_url(value)
 
 
 class AuditRedaction(_Model):
@@ -223,7 +232,18 @@ class Config(_Model):
     servers: dict[str, ServerConfig] = Field(default_factory=dict)
     audit: AuditSettings = AuditSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    limits: LimitsSettings = LimitsSettings()
     source: Path | None = Field(default=None, exclude=True, description="the file this snapshot was read from")
+    lock: LockFile | None = Field(default=None, exclude=True, description="the lock file read with this snapshot")
+
+    @property
+    def lock_path(self) -> Path | None:
+        """Where this config's lock file lives (None for a config not read from a file)."""
+        if self.gateway.lock_file is not None:
+            if self.gateway.lock_file.is_absolute() or self.source is None:
+                return self.gateway.lock_file
+            return self.source.resolve().parent / self.gateway.lock_file
+        return self.source.with_suffix(".lock") if self.source is not None else None
 
     def prefix_of(self, name: str) -> str:
         server = self.servers[name]

@@ -36,7 +36,15 @@ from mcpgw.catalog import InvalidCursor, Kind, paginate
 from mcpgw.front.asking import PARKED_PREFIX, BackChannelAsker, Parking, PassThroughAsker, agent_key
 from mcpgw.front.subscriptions import ResourceSubscribers, SubscribingListen
 from mcpgw.gateway import Gateway
-from mcpgw.pipeline.errors import INTERNAL_ERROR, INVALID_PARAMS, StepError, UpstreamTimeout, UpstreamUnavailable
+from mcpgw.pipeline.errors import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    LimitsUnavailable,
+    RateLimited,
+    StepError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from mcpgw.pipeline.step import Asker, Caller, Step, StepKind
 
 log = logging.getLogger("mcpgw.front")
@@ -187,6 +195,19 @@ def _error_result(message: str, reason: str) -> t.CallToolResult:
     )
 
 
+def _limited_result(exc: RateLimited, output_schema: bool) -> t.CallToolResult:
+    """A refusal by a rate limit, as a tool error the model reads and can act on (wait, or do
+    something else) rather than a protocol error its host may only show to the user. The limit
+    and the seconds to wait are also machine-readable: in `_meta`, and in `structuredContent`
+    unless the tool declares an output schema (which this shape would not match)."""
+    details = {"error": "rate_limited", "limit": exc.limit, "retry_after": exc.retry_after}
+    return t.CallToolResult(
+        content=[t.TextContent(type="text", text=exc.message)], is_error=True,
+        structured_content=None if output_schema else details,
+        _meta={"mcpgw/error": exc.outcome.value, "mcpgw/limit": exc.limit, "mcpgw/retry_after": exc.retry_after},
+    )
+
+
 def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple[GatewayServer, Notifier]:
     """The MCP server for `gateway`, plus the notifier the gateway uses to announce changes.
 
@@ -273,7 +294,10 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
                 outcome = await parking.next_outcome(call)
             else:
                 outcome = await gateway.pipeline.run(make_step(PassThroughAsker(ctx)))
-        except (UpstreamUnavailable, UpstreamTimeout) as exc:
+        except RateLimited as exc:
+            entry = gateway.catalog.lookup(params.name)
+            return _limited_result(exc, entry is not None and entry.item.output_schema is not None)
+        except (UpstreamUnavailable, UpstreamTimeout, LimitsUnavailable) as exc:
             return _error_result(exc.message, exc.outcome.value)
         except StepError as exc:
             raise MCPError(exc.code, exc.message) from None

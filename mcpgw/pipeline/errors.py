@@ -30,6 +30,14 @@ class UnknownTarget(StepError):
     outcome = Outcome.NOT_FOUND
 
 
+class Quarantined(StepError):
+    """The tool or prompt is held out of the catalog by pinning or the description scanner; the
+    message says which and how to approve it."""
+
+    code = INVALID_PARAMS
+    outcome = Outcome.DENIED
+
+
 class UpstreamUnavailable(StepError):
     """The owning upstream is down, restarting, or died while the call was in flight."""
 
@@ -69,6 +77,25 @@ class ApprovalDeclined(StepError):
 
     code = INVALID_PARAMS
     outcome = Outcome.DECLINED
+
+
+class RateLimited(StepError):
+    """A rate limit has no room for this call. The front answers with a tool error result that
+    says which limit and when to retry (`retry_after`, seconds), so the model can act on it."""
+
+    code = INVALID_PARAMS
+    outcome = Outcome.LIMITED
+
+    def __init__(self, message: str, *, limit: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class LimitsUnavailable(StepError):
+    """The shared rate-limit counters cannot be reached and the gateway fails closed."""
+
+    outcome = Outcome.UNAVAILABLE
 
 
 def unknown_target_message(kind: StepKind, target: str) -> str:

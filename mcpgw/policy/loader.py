@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from mcpgw.config._lines import line_of, locate_keys
-from mcpgw.config.loader import ConfigError, Problem
+from mcpgw.config.loader import ConfigError, Problem, readable
 from mcpgw.policy.models import Defaults, PolicyFile, PolicySet
 
 
@@ -69,14 +69,7 @@ def _parse(path: Path) -> tuple[Path, PolicyFile, dict[Any, int]]:
         problems = []
         for item in exc.errors():
             loc = tuple(item["loc"])
-            message = item["msg"]
-            if item["type"] == "missing":
-                message = "missing required key"
-            elif item["type"] == "extra_forbidden":
-                message = "unknown key (check the spelling; see the policy reference in the README)"
-            elif message.startswith("Value error, "):
-                message = message.removeprefix("Value error, ")
-            problems.append(Problem(loc, message, line_of(lines, loc)))
+            problems.append(Problem(loc, readable(item, "the policy reference"), line_of(lines, loc)))
         raise ConfigError(path, problems) from None
     return path, policy, lines
 

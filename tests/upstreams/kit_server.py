@@ -4,6 +4,8 @@ Run: `python kit_server.py [--transport stdio|http|sse] [--tools N] [--name NAME
 Over HTTP/SSE it binds 127.0.0.1 on a free port and prints `PORT <n>` on stdout.
 Set `KIT_MARKER_DIR` to a directory to have `hang` leave a file there when it is cancelled, and
 `KIT_CALLS_FILE` to a file to have every tools/call that reaches the server appended to it.
+`KIT_DESCRIPTIONS` (JSON, `{"echo": "...", "prompt:greet": "..."}`) replaces descriptions at start;
+the `redescribe` tool ({"name", "description"}) replaces one at run time and announces list_changed.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def base_tools() -> dict[str, dict[str, Any]]:
         "roots": OBJ,
         "touch": {"type": "object", "properties": {"uri": {"type": "string"}}, "required": ["uri"]},
         "log": {"type": "object", "properties": {"level": {"type": "string"}, "text": {"type": "string"}}},
+        "redescribe": {"type": "object", "properties": {"name": {"type": "string"}, "description": {"type": "string"}},
+                       "required": ["name", "description"]},
     }
 
 
@@ -58,6 +62,7 @@ class Kit:
         self.tools = base_tools()
         for i in range(extra):
             self.tools[f"t{i:05d}"] = {"type": "object", "properties": {"x": {"type": "integer"}}}
+        self.descriptions: dict[str, str] = json.loads(os.environ.get("KIT_DESCRIPTIONS") or "{}")
         self.bus = InMemorySubscriptionBus()
         self.sessions: set[ServerSession] = set()
         self.subscribed: dict[str, set[ServerSession]] = {}
@@ -75,7 +80,8 @@ class Kit:
 
     async def list_tools(self, ctx: ServerRequestContext[Any], params: Any) -> t.ListToolsResult:
         return t.ListToolsResult(tools=[
-            t.Tool(name=n, description=f"{self.name} tool {n}", input_schema=s) for n, s in self.tools.items()
+            t.Tool(name=n, description=self.descriptions.get(n, f"{self.name} tool {n}"), input_schema=s)
+            for n, s in self.tools.items()
         ])
 
     async def call_tool(self, ctx: ServerRequestContext[Any], params: t.CallToolRequestParams) -> t.CallToolResult:
@@ -129,6 +135,10 @@ class Kit:
             self.tools[str(args["name"])] = OBJ
             await self.changed()
             return text(f"added {args['name']}")
+        if name == "redescribe":
+            self.descriptions[str(args["name"])] = str(args["description"])
+            await self.changed()
+            return text(f"redescribed {args['name']}")
         if name == "touch":
             uri = str(args["uri"])
             await self.bus.publish(ResourceUpdated(uri))
@@ -220,7 +230,7 @@ class Kit:
 
     async def list_prompts(self, ctx: ServerRequestContext[Any], params: Any) -> t.ListPromptsResult:
         return t.ListPromptsResult(prompts=[
-            t.Prompt(name="greet", description="Greet someone", arguments=[
+            t.Prompt(name="greet", description=self.descriptions.get("prompt:greet", "Greet someone"), arguments=[
                 t.PromptArgument(name="who", required=True), t.PromptArgument(name="tone")]),
         ])
 

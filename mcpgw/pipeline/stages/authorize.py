@@ -10,22 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import mcp.types as t
-
+from mcpgw.catalog import item_key
 from mcpgw.pipeline.chain import Next
 from mcpgw.pipeline.errors import PolicyDenied, UnknownTarget, unknown_target_message
 from mcpgw.pipeline.step import Principal, Step, StepKind
 from mcpgw.policy.engine import Policy
 
 NOBODY = Principal(subject="")
-
-
-def exported_key(item: Any) -> str:
-    if isinstance(item, t.Resource):
-        return str(item.uri)
-    if isinstance(item, t.ResourceTemplate):
-        return item.uri_template
-    return str(item.name)
 
 
 class Authorize:
@@ -61,7 +52,7 @@ class Authorize:
         if cached is not None and cached[0] is items:
             return cached[1]
         visible = self.policy.visible
-        filtered = tuple(item for item in items if visible(exported_key(item), roles).effect != "deny")
+        filtered = tuple(item for item in items if visible(item_key(item), roles).effect != "deny")
         if len(self._filtered) > 10_000:
             self._filtered.clear()
         self._filtered[key] = (items, filtered)

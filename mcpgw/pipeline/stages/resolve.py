@@ -13,9 +13,9 @@ from typing import Any
 
 import mcp.types as t
 
-from mcpgw.catalog import Catalog
+from mcpgw.catalog import Catalog, Kind
 from mcpgw.pipeline.chain import Next
-from mcpgw.pipeline.errors import UnknownTarget, UpstreamUnavailable, unknown_target_message
+from mcpgw.pipeline.errors import Quarantined, UnknownTarget, UpstreamUnavailable, unknown_target_message
 from mcpgw.pipeline.step import Route, Step, StepKind
 
 
@@ -71,6 +71,17 @@ class Resolve:
         return None
 
     def _not_found(self, step: Step) -> Exception:
+        if step.kind is StepKind.TOOL_CALL:
+            held = self._catalog.quarantined(Kind.TOOL, step.target)
+        elif step.kind is StepKind.PROMPT_GET or (
+            step.kind is StepKind.COMPLETE and isinstance(step.request, t.CompleteRequestParams)
+            and isinstance(step.request.ref, t.PromptReference)
+        ):
+            held = self._catalog.quarantined(Kind.PROMPT, step.target)
+        else:
+            held = None
+        if held is not None:
+            return Quarantined(held.message())
         owner = self._catalog.owner_while_offline(step.target)
         is_resource = step.kind in (StepKind.RESOURCE_READ, StepKind.RESOURCE_SUBSCRIBE, StepKind.RESOURCE_UNSUBSCRIBE)
         if owner is None and is_resource:
