@@ -435,6 +435,11 @@ POLICY = """
     tool = "kit__echo"
     when = { text = { pattern = "refund.*" } }
     effect = "approve"
+
+    [[limits]]
+    name = "one pid a minute"
+    tools = ["kit__pid"]
+    rate = "1/minute"
     """
 
 
@@ -453,15 +458,18 @@ async def test_policy_decisions_principal_and_trace_ids_are_recorded(tmp_path: P
         with pytest.raises(MCPError):
             await agent.call_tool("kit__echo", {"text": "HELLO!"})
         assert text(await agent.call_tool("kit__echo", {"text": "refund 5"})) == "refund 5"
+        await agent.call_tool("kit__pid", {})
+        assert (await agent.call_tool("kit__pid", {})).is_error  # a limit refuses with a tool error result
         span = json.loads((await proc.wait_for(r'^\{"name": "tools/call kit__echo".*\}$')).group(0))
     rows = await query(config, "--kind", "tools/call")
     assert [(r["outcome"], r["rule"]) for r in rows] == [
         ("ok", "role 'local agents' allow 'kit__*'"), ("denied", "shouting is denied"),
-        ("approved", "refunds need a human")]
+        ("approved", "refunds need a human"), ("ok", "role 'local agents' allow 'kit__*'"),
+        ("limited", "one pid a minute")]
     assert rows[0]["subject"] == "anonymous" and rows[0]["transport"] == "http" and rows[0]["session_id"]
     assert rows[0]["trace_id"] == span["context"]["trace_id"].removeprefix("0x")
     assert rows[0]["span_id"] == span["context"]["span_id"].removeprefix("0x")
-    assert len({r["trace_id"] for r in rows}) == 3
+    assert len({r["trace_id"] for r in rows}) == 5
     _, out, _ = audit_cli(config, "lineage", rows[2]["trace_id"], "--json")
     [tree] = json.loads(out)
     assert tree["step_id"] == rows[2]["step_id"]
