@@ -180,7 +180,7 @@ class AuditRedaction(_Model):
     """`[audit.redact]`: what is replaced by `marker` before a record is stored or exported.
 
     Always on: argument keys that name a secret, values shaped like well-known tokens and keys,
-    and the gateway's own configured secrets (upstream `env` and `headers` values). `tools` adds
+    and the gateway's own configured secrets (see `mcpgw.audit.redact.configured_secrets`). `tools` adds
     argument paths per tool (a glob over exported names, like `"github__*"`): dotted keys, `*`
     for any key or list item, so `"*"` hides every argument of that tool.
     """
