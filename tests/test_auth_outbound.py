@@ -188,6 +188,10 @@ async def test_no_secret_or_token_appears_in_any_output_channel(tmp_path: Path) 
                                                                           + "AAAA"})).text)
     shown.append(proc.text)  # the gateway's whole log, at debug level, with every span's attributes
     assert '"tools/call prot__whoami"' in proc.text, "the OpenTelemetry spans were not in the captured output"
+    # The audit trail (on by default, SQLite beside servers.toml), read as raw bytes: the file and its WAL.
+    audit = b"".join(path.read_bytes() for path in tmp_path.glob("mcpgw-audit.db*"))
+    assert b"prot__whoami" in audit and b"alice" in audit, "the audit trail did not record the calls"
+    shown.append(audit.decode("latin-1"))
     secrets = {CLIENT_SECRET, alice, mallory, *up.seen_tokens()}
     assert len(secrets) >= 4  # the client secret, two caller tokens, and at least one upstream token
     for secret in secrets:
