@@ -274,8 +274,14 @@ def write_config(path: Path, servers: dict[str, dict[str, Any]], gateway: dict[s
                 lines.append(f"{k} = {toml_str(v)}")
             else:
                 lines.append(f"{k} = {json.dumps(v)}")
+    if not AUDIT:
+        lines.append("\n[audit]\nenabled = false")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+AUDIT = True
+"""Whether the measured gateways keep their audit trail (on by default, as `mcpgw serve` does)."""
 
 
 def snapshot_sources(tmp: Path) -> None:
@@ -1394,6 +1400,8 @@ def source_state() -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer calls and repeats (< 1 minute)")
+    p.add_argument("--no-audit", dest="audit", action="store_false",
+                   help="measure gateways with [audit] enabled = false (to see what the audit trail costs)")
     p.add_argument("--json", type=Path, help="write every number to this JSON file")
     p.add_argument("--mode", default="auto", choices=["auto", "legacy"],
                    help="client mode for the bench client (auto negotiates 2026-07-28 with these servers)")
@@ -1484,7 +1492,9 @@ async def run_async(ctx: Ctx) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global AUDIT
     args = parse_args(argv)
+    AUDIT = args.audit
 
     def on_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
