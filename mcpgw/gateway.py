@@ -398,8 +398,11 @@ class Gateway:
         while True:
             watching_policies = policies.is_dir()
             paths = [*(Path(p).parent for p in sorted(self._watched())), *([policies] if watching_policies else [])]
+            # rust_timeout bounds how long the watcher thread ignores a cancellation: with the
+            # default (5 s) every shutdown waited up to 5 s for it, longer than an agent host
+            # gives a stdio gateway before killing it.
             async for changes in watchfiles.awatch(*dict.fromkeys(paths), watch_filter=is_config, debounce=200,
-                                                   recursive=False):
+                                                   recursive=False, rust_timeout=250):
                 # awatch reports absolute paths of the watched (resolved) directories' entries. A
                 # deleted lock file counts (pinning turns off); a deleted config file does not.
                 watched = self._watched()
