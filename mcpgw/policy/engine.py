@@ -35,7 +35,8 @@ class Decision:
 ALLOW_ALL = Decision("allow", "no policy configured")
 
 
-def _glob(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+def glob_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """One compiled test for a set of globs (fnmatch, case-sensitive)."""
     if not patterns:
         return lambda _: False
     if "*" in patterns:
@@ -48,13 +49,13 @@ class _Role:
     def __init__(self, role: Role) -> None:
         self.name = role.name
         self.scopes = frozenset(role.match.scopes)
-        self._subjects = _glob(role.match.subjects)
-        self._clients = _glob(role.match.clients)
-        self._groups = _glob(role.match.groups)
-        self.allow = tuple((p, _glob((p,))) for p in role.allow)
-        self.deny = tuple((p, _glob((p,))) for p in role.deny)
-        self.allows_any = _glob(role.allow)
-        self.denies_any = _glob(role.deny)
+        self._subjects = glob_matcher(role.match.subjects)
+        self._clients = glob_matcher(role.match.clients)
+        self._groups = glob_matcher(role.match.groups)
+        self.allow = tuple((p, glob_matcher((p,))) for p in role.allow)
+        self.deny = tuple((p, glob_matcher((p,))) for p in role.deny)
+        self.allows_any = glob_matcher(role.allow)
+        self.denies_any = glob_matcher(role.deny)
 
     def matches(self, principal: Principal) -> bool:
         return (
@@ -69,7 +70,7 @@ class _Rule:
     def __init__(self, rule: Rule, index: int) -> None:
         self.rule = rule
         self.label = rule.name or f"rule #{index + 1} ({rule.effect} {rule.tool})"
-        self.applies_to = _glob((rule.tool,))
+        self.applies_to = glob_matcher((rule.tool,))
         self.roles = frozenset(rule.roles)
         self.conditions = tuple((path.split("."), path, cond) for path, cond in rule.when.items())
 

@@ -285,7 +285,7 @@ async def serve_stdio(server: KitServer) -> None:
 async def serve_web(server: KitServer, transport: str) -> None:
     import contextlib
 
-    import uvicorn
+    from _web import serve_on_free_port
     from mcp.server.sse import SseServerTransport
     from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
     from starlette.applications import Starlette
@@ -308,18 +308,7 @@ async def serve_web(server: KitServer, transport: str) -> None:
 
     app = Starlette(routes=[Route("/mcp", StreamableHTTPASGIApp(manager)), Route("/sse", handle_sse),
                             Mount("/messages/", app=sse.handle_post_message)], lifespan=lifespan)
-    userver = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-
-    async def announce() -> None:
-        while not userver.started:
-            await anyio.sleep(0.01)
-        port = userver.servers[0].sockets[0].getsockname()[1]
-        print(f"PORT {port}", flush=True)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(announce)
-        await userver.serve()
-        tg.cancel_scope.cancel()
+    await serve_on_free_port(app)
 
 
 def main() -> None:

@@ -410,22 +410,13 @@ def load_clients(path: Path) -> dict[str, ClientInfo]:
 
 
 async def serve(state: State) -> None:
-    import uvicorn
+    from _web import serve_on_free_port
 
     state.keys.append(state.new_key())
-    userver = uvicorn.Server(uvicorn.Config(build_app(state), host="127.0.0.1", port=0, log_level="warning"))
-
-    async def announce() -> None:
-        while not userver.started:
-            await anyio.sleep(0.01)
-        port = userver.servers[0].sockets[0].getsockname()[1]
+    def on_port(port: int) -> None:
         state.base = f"http://127.0.0.1:{port}"
-        print(f"PORT {port}", flush=True)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(announce)
-        await userver.serve()
-        tg.cancel_scope.cancel()
+    await serve_on_free_port(build_app(state), on_port)
 
 
 def main() -> None:

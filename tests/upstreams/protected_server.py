@@ -223,7 +223,7 @@ async def call_tool(ctx: ServerRequestContext[Any], params: t.CallToolRequestPar
 
 
 async def serve(guard: Guard, stateless: bool) -> None:
-    import uvicorn
+    from _web import serve_on_free_port
     from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -248,20 +248,10 @@ async def serve(guard: Guard, stateless: bool) -> None:
 
     app = Starlette(routes=[Route("/mcp", StreamableHTTPASGIApp(manager)), Route(PRM_PATH, metadata)],
                     lifespan=lifespan)
-    userver = uvicorn.Server(uvicorn.Config(GuardMiddleware(app, guard), host="127.0.0.1", port=0,
-                                            log_level="warning"))
-
-    async def announce() -> None:
-        while not userver.started:
-            await anyio.sleep(0.01)
-        port = userver.servers[0].sockets[0].getsockname()[1]
+    def on_port(port: int) -> None:
         guard.base = f"http://127.0.0.1:{port}"
-        print(f"PORT {port}", flush=True)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(announce)
-        await userver.serve()
-        tg.cancel_scope.cancel()
+    await serve_on_free_port(GuardMiddleware(app, guard), on_port)
 
 
 def main() -> None:

@@ -16,33 +16,21 @@ reloads and an edited one starts afresh.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import math
-import re
-from collections.abc import Callable
 from typing import Any
 
 from mcpgw.limits.base import Bucket, Limiter, LimiterUnavailable
 from mcpgw.pipeline.chain import Next
 from mcpgw.pipeline.errors import LimitsUnavailable, RateLimited
 from mcpgw.pipeline.step import Principal, Step, StepKind
-from mcpgw.policy.engine import Policy
+from mcpgw.policy.engine import Policy, glob_matcher
 from mcpgw.policy.models import Limit as LimitRule
 
 CACHE_LIMIT = 200_000
 NOBODY = Principal(subject="")
 NO_ROLE = "-"
 """The per-role bucket of callers that hold none of the roles concerned."""
-
-
-def _glob(patterns: tuple[str, ...]) -> Callable[[str], bool]:
-    if not patterns:
-        return lambda _: False
-    if "*" in patterns:
-        return lambda _: True
-    regex = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
-    return lambda value: regex.match(value) is not None
 
 
 def rule_digest(rule: LimitRule) -> str:
@@ -64,10 +52,10 @@ class CompiledLimit:
         self.name = rule.name
         self.label = rule.name or self.summary
         """What `step.rule` and the audit trail say decided a refusal."""
-        self.tools = _glob(rule.tools)
+        self.tools = glob_matcher(rule.tools)
         self.roles = frozenset(rule.roles)
-        self._subjects = _glob(rule.subjects)
-        self._clients = _glob(rule.clients)
+        self._subjects = glob_matcher(rule.subjects)
+        self._clients = glob_matcher(rule.clients)
         self.everyone = not (rule.roles or rule.subjects or rule.clients)
         self.global_bucket = Bucket(self.key + "global", self.count, self.window)
 
