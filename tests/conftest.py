@@ -12,6 +12,7 @@ import re
 import signal
 import sys
 import textwrap
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -276,3 +277,22 @@ def pg_url() -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+REDIS_URL = os.environ.get("MCPGW_TEST_REDIS_URL")
+needs_redis = pytest.mark.skipif(not REDIS_URL, reason="MCPGW_TEST_REDIS_URL is not set (CI sets it)")
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A Redis key prefix of the test's own; its keys are deleted afterwards."""
+    from redis.asyncio import Redis
+
+    assert REDIS_URL is not None
+    prefix = f"mcpgw-test:{uuid.uuid4().hex}:"
+    yield prefix
+    client = Redis.from_url(REDIS_URL)
+    keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()

@@ -6,23 +6,27 @@ unreachable in both `on_unavailable` modes.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import textwrap
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import mcp.types as t
 import pytest
 from mcp import Client
-from redis.asyncio import Redis
 
-from tests.conftest import KIT, gateway_http, gateway_stdio, stdio_server_toml, text, wait_until, write_config
+from tests.conftest import (
+    KIT,
+    REDIS_URL,
+    gateway_http,
+    gateway_stdio,
+    needs_redis,
+    stdio_server_toml,
+    text,
+    wait_until,
+    write_config,
+)
 
-REDIS_URL = os.environ.get("MCPGW_TEST_REDIS_URL")
-needs_redis = pytest.mark.skipif(not REDIS_URL, reason="MCPGW_TEST_REDIS_URL is not set (CI sets it)")
 pytestmark = pytest.mark.anyio
 
 EVERYONE = """
@@ -82,16 +86,6 @@ async def test_n_calls_pass_the_next_is_refused_with_which_limit_and_when(tmp_pa
         assert [r.is_error for r in results] == [False] * 5 + [True]
 
 
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    assert REDIS_URL is not None
-    prefix = f"mcpgw-test:{uuid.uuid4().hex}:"
-    yield prefix
-    client = Redis.from_url(REDIS_URL)
-    keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 @needs_redis

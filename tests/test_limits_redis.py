@@ -8,23 +8,18 @@ deletes them afterwards. The outage tests run a private `redis-server` they can 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import socket
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
 import pytest
-from redis.asyncio import Redis
 
 from mcpgw.config.limits import LimitsSettings
 from mcpgw.limits import Bucket, Guarded, LimiterUnavailable, LocalLimiter, RedisLimiter, Refusal, build_limiter
-from tests.conftest import run_process
+from tests.conftest import REDIS_URL, needs_redis, run_process
 
-REDIS_URL = os.environ.get("MCPGW_TEST_REDIS_URL")
-needs_redis = pytest.mark.skipif(not REDIS_URL, reason="MCPGW_TEST_REDIS_URL is not set (CI sets it)")
 pytestmark = pytest.mark.anyio
 
 
@@ -37,15 +32,8 @@ class Clock:
 
 
 @pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    assert REDIS_URL is not None
-    prefix = f"mcpgw-test:{uuid.uuid4().hex}:"
-    yield prefix
-    client = Redis.from_url(REDIS_URL)
-    keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
+def prefix(redis_prefix: str) -> str:
+    return redis_prefix
 
 
 @asynccontextmanager
