@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -23,14 +23,17 @@ from mcpgw import __version__
 from mcpgw.audit.commands import add_audit_parser
 from mcpgw.audit.store import StoreError
 from mcpgw.config import Config, ConfigError, load_config
-from mcpgw.gateway import Gateway
 from mcpgw.netutil import is_loopback
-from mcpgw.pinning.approve import relock
 from mcpgw.pinning.lockfile import write_lock
 from mcpgw.policy.explain import parse_principal, print_decisions
 from mcpgw.policy.loader import PolicyError
-from mcpgw.telemetry import start_telemetry
-from mcpgw.upstream import Status
+
+if TYPE_CHECKING:
+    from mcpgw.gateway import Gateway
+
+UP = "up"
+"""`Status.UP` of an upstream, as readiness reports spell it (the upstream module imports the SDK,
+which `mcpgw audit` and config errors should not wait ~0.5 s for)."""
 
 log = logging.getLogger("mcpgw")
 
@@ -85,6 +88,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from mcpgw.gateway import Gateway
+    from mcpgw.telemetry import start_telemetry
+
     telemetry = start_telemetry(config.telemetry, config.gateway.name)
     gateway = Gateway(config, args.policies, telemetry=telemetry, audit=True)
     _tune_gc()
@@ -113,6 +119,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 async def _settle(config: Config, policies: Path | None = None) -> tuple[Gateway, dict[str, Any]]:
     """Start every upstream once, wait until each is up or has failed, and take a report."""
+    from mcpgw.gateway import Gateway
+
     gateway = Gateway(config, policies)
     async with anyio.create_task_group() as tg:
         await tg.start(gateway.run)
@@ -169,10 +177,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         for name, info in report["upstreams"].items():
             server = config.servers[name]
             status = info["status"]
-            mark = "ok  " if status == Status.UP.value else "FAIL"
+            mark = "ok  " if status == UP else "FAIL"
             counts = ", ".join(f"{info[k]} {k.replace('_', ' ')}" for k in ("tools", "prompts", "resources",
                                                                               "resource_templates") if info[k])
-            detail = (counts or "nothing offered") if status == Status.UP.value else info["error"] or status
+            detail = (counts or "nothing offered") if status == UP else info["error"] or status
             print(f"  {mark} {name:<20} {server.kind:<6} prefix={config.prefix_of(name)!r:<12} {detail}")
             for warning in info["warnings"]:
                 print(f"       warning: {warning}")
@@ -195,7 +203,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{held} tool(s)/prompt(s) quarantined: review the changes above; `mcpgw lock` approves what the "
               "upstreams serve now")
     for info in report["upstreams"].values():
-        if info["status"] != Status.UP.value or any("withheld" in p for p in info["catalog_problems"]):
+        if info["status"] != UP or any("withheld" in p for p in info["catalog_problems"]):
             failed = True
     if principal is not None:
         print_decisions(gateway, principal)
@@ -210,9 +218,11 @@ def cmd_lock(args: argparse.Namespace) -> int:
     unpinned = config.model_copy(update={"gateway": config.gateway.model_copy(update={"pin": "off"})})
     gateway, report = anyio.run(_settle, unpinned)
     # The report was taken while the upstreams ran; their listings outlive the stop.
-    listings = {name: gateway.upstreams[name].listing if info["status"] == Status.UP.value else None
+    listings = {name: gateway.upstreams[name].listing if info["status"] == UP else None
                 for name, info in report["upstreams"].items()}
     errors = {name: str(info["error"] or info["status"]) for name, info in report["upstreams"].items()}
+    from mcpgw.pinning.approve import relock
+
     result = relock(config.lock, config, listings, errors)
     if config.lock is not None and result.lock == config.lock:
         print(f"{path}: unchanged ({result.lock.count()} approved definition(s))")
@@ -242,7 +252,7 @@ def cmd_tools(args: argparse.Namespace) -> int:
         for tool in tools:
             first_line = (tool.description or "").strip().splitlines()[0:1]
             print(f"{tool.name:<{width}}  {first_line[0] if first_line else ''}")
-    down = [n for n, info in report["upstreams"].items() if info["status"] != Status.UP.value]
+    down = [n for n, info in report["upstreams"].items() if info["status"] != UP]
     for name in down:
         print(f"mcpgw: upstream {name!r} is not up: {report['upstreams'][name]['error']}", file=sys.stderr)
     held = [q for qs in gateway.catalog.quarantine.values() for q in qs]

@@ -20,12 +20,14 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import mcp.types as t
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mcpgw.pinning.scan import visible
+from mcpgw.pinning.scan import is_tool, visible
+
+if TYPE_CHECKING:  # the SDK costs ~0.5 s to import; `mcpgw audit` and config checks do not need it
+    import mcp.types as t
 
 LOCK_VERSION: Literal[1] = 1
 # Model attribute -> wire name, for the fields a model reads. Anything else (`_meta`, `icons`,
@@ -71,7 +73,7 @@ class LockError(Exception):
 
 def definition(item: t.Tool | t.Prompt) -> dict[str, Any]:
     """The model-visible part of a tool or prompt, as JSON data."""
-    fields = _TOOL_FIELDS if isinstance(item, t.Tool) else _PROMPT_FIELDS
+    fields = _TOOL_FIELDS if is_tool(item) else _PROMPT_FIELDS
     return item.model_dump(mode="json", by_alias=True, exclude_none=True, include=set(fields))
 
 

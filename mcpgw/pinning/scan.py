@@ -21,9 +21,18 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mcp.types as t
+from typing_extensions import TypeIs
+
+if TYPE_CHECKING:  # the SDK costs ~0.5 s to import; config checks and `mcpgw audit` do not need it
+    import mcp.types as t
+
+
+def is_tool(item: t.Tool | t.Prompt) -> TypeIs[t.Tool]:
+    """A tool rather than a prompt (told apart without importing the SDK's types at run time)."""
+    return hasattr(item, "input_schema")
+
 
 _INVISIBLE = "\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\U000e0000-\U000e007f"
 INVISIBLE_RE = re.compile(f"[{_INVISIBLE}]")
@@ -171,7 +180,7 @@ class Scanner:
         # Fast path: most definitions are clean. One text holding everything a model reads tells
         # which rules could match at all; only those walk the definition field by field.
         parts = [item.name, item.title or "", item.description or ""]
-        if isinstance(item, t.Tool):
+        if is_tool(item):
             parts += [item.annotations.title or "" if item.annotations else "",
                       json.dumps(item.input_schema, ensure_ascii=False),
                       json.dumps(item.output_schema, ensure_ascii=False) if item.output_schema else ""]
@@ -194,7 +203,7 @@ class Scanner:
         for attr in ("title", "description"):
             if value := getattr(item, attr):
                 texts.append((attr, value, False))
-        if isinstance(item, t.Tool):
+        if is_tool(item):
             if item.annotations is not None and item.annotations.title:
                 texts.append(("annotations.title", item.annotations.title, False))
             for attr, wire in (("input_schema", "inputSchema"), ("output_schema", "outputSchema")):
