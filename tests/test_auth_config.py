@@ -86,3 +86,39 @@ def test_a_secret_is_never_echoed_in_a_config_error() -> None:
     out = problems('[servers.a]\nkind = "http"\nurl = "http://h/mcp"\n'
                    'auth = { type = "bearer", token = "${T}", extra = "x" }\n', {"T": "very-secret-value"})
     assert out and not any("very-secret-value" in line for line in out)
+
+
+def _pem(kind: str, private: bool = True) -> str:
+    from joserfc.jwk import ECKey, RSAKey
+
+    key = ECKey.generate_key("P-256", private=True) if kind == "ec" else RSAKey.generate_key(2048, private=True)
+    return key.as_pem(private=private).decode()
+
+
+def _cc_config(extra: str, env: dict[str, str]) -> list[str] | object:
+    body = ('[servers.a]\nkind = "http"\nurl = "http://h/mcp"\n[servers.a.auth]\ntype = "oauth_client_credentials"\n'
+            'client_id = "gw"\n' + extra)
+    try:
+        return parse_config(body, Path("/etc/mcpgw/servers.toml"), env)
+    except ConfigError as exc:
+        return exc.render().splitlines()
+
+
+def test_private_key_jwt_takes_a_pem_key_from_the_environment() -> None:
+    pem = _pem("ec")
+    config = _cc_config('client_auth = "private_key_jwt"\nprivate_key = "${KEY}"\n', {"KEY": pem})
+    assert not isinstance(config, list), config
+    for extra, env, expected in [
+        ('client_auth = "private_key_jwt"\n', {}, "needs private_key (a PEM private key)"),
+        ('client_auth = "private_key_jwt"\nprivate_key = "${KEY}"\n', {"KEY": _pem("ec", private=False)},
+         "private_key holds a public key"),
+        ('client_auth = "private_key_jwt"\nprivate_key = "${KEY}"\n', {"KEY": "-----BEGIN nonsense"},
+         "private_key is not a PEM private key"),
+        ('client_auth = "private_key_jwt"\nprivate_key = "${KEY}"\nsigning_alg = "RS256"\n', {"KEY": pem},
+         "signing_alg 'RS256' does not fit this key (it signs ES256)"),
+        ("", {}, "client_auth = 'client_secret_basic' needs client_secret"),
+    ]:
+        out = _cc_config(extra, env)
+        assert isinstance(out, list) and any(expected in line for line in out), (expected, out)
+        secret = env.get("KEY", "")[30:60]
+        assert not secret or not any(secret in line for line in out), "the key was echoed"

@@ -2,8 +2,8 @@
 
 Its auth scenarios all test the *client* side (0.1.16 has none for a resource server), and of
 those, the gateway is a client toward upstreams only in machine-to-machine flows: the
-client-credentials scenario applies; the authorization-code ones (a human at a browser) and
-`client-credentials-jwt` (private_key_jwt client authentication, not offered) do not.
+client-credentials scenarios apply (client_secret_basic, and private_key_jwt per RFC 7523); the
+authorization-code ones (a human at a browser) do not.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ needs_suite = pytest.mark.skipif(
 
 
 @needs_suite
-@pytest.mark.parametrize("scenario", ["auth/client-credentials-basic"])
+@pytest.mark.parametrize("scenario", ["auth/client-credentials-basic", "auth/client-credentials-jwt"])
 def test_conformance_client_scenario(scenario: str) -> None:
     command = f"{sys.executable} {HERE / 'gateway_client.py'}"
     done = subprocess.run([str(NODE), str(SUITE), "client", "--command", command, "--scenario", scenario],

@@ -23,6 +23,7 @@ from urllib.parse import quote
 import anyio
 import httpx2
 
+from mcpgw.auth.assertion import ASSERTION_TYPE, client_assertion, load_private_key
 from mcpgw.auth.discovery import DiscoveryError, discover
 from mcpgw.config.auth import (
     ApiKeyAuth,
@@ -63,7 +64,12 @@ class TokenEndpoint:
         self.audience = config.audience or upstream_url
         self.resource = config.resource or upstream_url
         self._token_url = config.token_url
+        self._issuer: str | None = None
         self._discovery_lock = anyio.Lock()
+        self._signing: tuple[Any, str] | None = None
+        if config.client_auth == "private_key_jwt" and config.private_key:
+            key, alg = load_private_key(config.private_key)
+            self._signing = (key, config.signing_alg or alg)
         self._http = http
         self._cache: dict[tuple[bytes, ...], _Token] = {}
         self._locks: dict[tuple[bytes, ...], anyio.Lock] = {}
@@ -127,6 +133,7 @@ class TokenEndpoint:
                          found.token_endpoint, found.issuer)
                 if self.config.resource is None and found.resource:
                     self.resource = found.resource
+                self._issuer = found.issuer
                 self._token_url = found.token_endpoint
             return self._token_url
 
@@ -137,12 +144,17 @@ class TokenEndpoint:
         if config.scopes:
             form["scope"] = " ".join(config.scopes)
         headers = {"Accept": "application/json"}
-        if config.client_auth == "client_secret_basic":
+        if self._signing is not None:
+            key, alg = self._signing
+            audience = config.assertion_audience or self._issuer or token_url
+            form |= {"client_id": config.client_id, "client_assertion_type": ASSERTION_TYPE,
+                     "client_assertion": client_assertion(key, alg, config.client_id, audience, config.key_id)}
+        elif config.client_auth == "client_secret_basic":
             # RFC 6749 §2.3.1: id and secret are form-encoded before they are joined and base64'd.
-            pair = f"{quote(config.client_id, safe='')}:{quote(config.client_secret, safe='')}"
+            pair = f"{quote(config.client_id, safe='')}:{quote(config.client_secret or '', safe='')}"
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         else:
-            form |= {"client_id": config.client_id, "client_secret": config.client_secret}
+            form |= {"client_id": config.client_id, "client_secret": config.client_secret or ""}
         what = f"token exchange for {on_behalf_of!r}" if on_behalf_of else "client-credentials token"
         self.requests += 1
         try:

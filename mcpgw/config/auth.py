@@ -137,8 +137,16 @@ class _TokenEndpoint(_Model):
         "authorization server's metadata (RFC 8414)",
     )
     client_id: str = Field(min_length=1)
-    client_secret: str = Field(min_length=1)
-    client_auth: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    client_secret: str | None = Field(default=None, min_length=1)
+    client_auth: Literal["client_secret_basic", "client_secret_post", "private_key_jwt"] = "client_secret_basic"
+    private_key: str | None = Field(
+        default=None, repr=False, description="PEM private key for private_key_jwt (RFC 7523), e.g. \"${KEY_PEM}\""
+    )
+    signing_alg: str | None = Field(default=None, description="default: RS256, ES256/384/512 or EdDSA by key type")
+    key_id: str | None = Field(default=None, description="`kid` of the assertion's header")
+    assertion_audience: str | None = Field(
+        default=None, description="`aud` of the assertion; default: the issuer when discovered, else token_url"
+    )
     scopes: tuple[str, ...] = ()
     audience: str | None = Field(default=None, description="sent as `audience`; default: the upstream's URL")
     resource: str | None = Field(default=None, description="RFC 8707 `resource`; default: the upstream's URL")
@@ -148,6 +156,22 @@ class _TokenEndpoint(_Model):
     @classmethod
     def _token_url(cls, value: str | None) -> str | None:
         return None if value is None else http_url(value)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> _TokenEndpoint:
+        if self.client_auth != "private_key_jwt":
+            if not self.client_secret:
+                raise ValueError(f"client_auth = {self.client_auth!r} needs client_secret")
+            return self
+        if not self.private_key:
+            raise ValueError("client_auth = 'private_key_jwt' needs private_key (a PEM private key)")
+        from mcpgw.auth.assertion import load_private_key
+
+        _key, alg = load_private_key(self.private_key)
+        if self.signing_alg is not None and self.signing_alg != alg and not (
+                alg == "RS256" and self.signing_alg in ("RS384", "RS512", "PS256", "PS384", "PS512")):
+            raise ValueError(f"signing_alg {self.signing_alg!r} does not fit this key (it signs {alg})")
+        return self
 
 
 class ClientCredentialsAuth(_TokenEndpoint):
