@@ -112,6 +112,13 @@ class Gateway:
                 upstream.settings = config.gateway
                 catalog.update(name, upstream.listing, online=upstream.state.status is Status.UP)
             upstreams[name] = upstream
+        if self.trail is not None:
+            self._redactor = Redactor(config.audit.redact, configured_secrets(config))
+        pipeline = self._pipeline(config, catalog, upstreams)
+        self.config, self.catalog, self.upstreams, self.pipeline = config, catalog, upstreams, pipeline
+
+    def _pipeline(self, config: Config, catalog: Catalog, upstreams: dict[str, McpUpstream]) -> Pipeline:
+        """The stages for one snapshot: config, catalog and upstreams as given, the current policy."""
         timeouts = {name: config.timeout_of(name) for name in config.servers}
         routes: dict[str, Upstream] = dict(upstreams)
         stages: list[Stage] = [
@@ -125,11 +132,9 @@ class Gateway:
         ]
         if self.tracer is not None:
             stages.append(Trace(self.tracer))
-        if self.trail is not None:
-            self._redactor = Redactor(config.audit.redact, configured_secrets(config))
+        if self.trail is not None and self._redactor is not None:
             stages.append(Audit(self.trail, config.audit, self._redactor))
-        pipeline = Pipeline(stages)
-        self.config, self.catalog, self.upstreams, self.pipeline = config, catalog, upstreams, pipeline
+        return Pipeline(stages)
 
     def _upstream_status(self, upstream: McpUpstream, was: Status) -> None:
         """Record an upstream coming up, failing to start, or being lost."""
@@ -358,8 +363,10 @@ class Gateway:
             log.error("policies NOT reloaded; still enforcing the previous ones.\n%s", exc)
             return False
         async with self._reload_lock:
+            # Only the stages change: the catalog and upstreams stay as they are (rebuilding the
+            # catalog would re-review and re-scan every listing for nothing).
             self.policy = Policy(policy)
-            self._install(self.config, reuse=self.upstreams)
+            self.pipeline = self._pipeline(self.config, self.catalog, self.upstreams)
         log.info("policies reloaded from %s: %d role(s), %d rule(s), %d limit(s)", self.policies_dir,
                  len(policy.roles), len(policy.rules), len(policy.limits))
         await self._notify(set(Kind))  # what each agent may see may have changed
@@ -419,6 +426,12 @@ class Gateway:
         if self._tg is None:
             raise RuntimeError("the gateway is not running")
         self._tg.start_soon(fn)
+
+    def asks_mid_call(self, tool: str) -> bool:
+        """Whether a call of `tool` may put a question to its agent before it completes: its
+        upstream is 2025-era (or not known yet), or policy may want a human's approval. A
+        2026-07-28 agent can only answer such a question by retrying, so the front parks the call."""
+        return self.speaks_modern(tool) is not True or self.policy.may_ask(tool)
 
     def speaks_modern(self, tool: str) -> bool | None:
         """Whether the upstream serving `tool` speaks 2026-07-28 (None if unknown or down)."""

@@ -208,15 +208,9 @@ class StaticCredential(httpx2.Auth):
         elif isinstance(config, ApiKeyAuth):
             request.url = request.url.copy_merge_params({config.name: config.value})
         else:
-            yield from_basic(request, config)
-            return
+            pair = base64.b64encode(f"{config.username}:{config.password}".encode()).decode()
+            request.headers["Authorization"] = f"Basic {pair}"
         yield request
-
-
-def from_basic(request: httpx2.Request, config: BasicAuth) -> httpx2.Request:
-    pair = base64.b64encode(f"{config.username}:{config.password}".encode()).decode()
-    request.headers["Authorization"] = f"Basic {pair}"
-    return request
 
 
 class TokenCredential(httpx2.Auth):
@@ -237,7 +231,7 @@ class TokenCredential(httpx2.Auth):
             yield request
 
 
-def connection_auth(name: str, config: UpstreamAuth | None, endpoint: TokenEndpoint | None) -> httpx2.Auth | None:
+def connection_auth(config: UpstreamAuth | None, endpoint: TokenEndpoint | None) -> httpx2.Auth | None:
     """The credential of the upstream's own (shared) connection."""
     if config is None:
         return None

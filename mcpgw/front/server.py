@@ -286,10 +286,9 @@ def build_server(gateway: Gateway, *, default_transport: str = "stdio") -> tuple
                 if call is None:
                     raise MCPError(INVALID_PARAMS, "requestState names no pending call (it expired or completed)")
                 outcome = await parking.next_outcome(call)
-            elif gateway.speaks_modern(params.name) is not True or gateway.policy.may_ask(params.name):
-                # A 2025-era upstream asks mid-call; a 2026 agent can only answer by retrying. (When
-                # the upstream is not known yet, parking is the safe choice: it serves both.) A call
-                # that may need a human's approval parks too: the approval is a question mid-call.
+            elif gateway.asks_mid_call(params.name):
+                # A 2026 agent can only answer a mid-call question by retrying: park the call. (When
+                # the upstream is not known yet, parking is the safe choice: it serves both.)
                 call = parking.start(ctx, caller.client_name, lambda asker: gateway.pipeline.run(make_step(asker)))
                 outcome = await parking.next_outcome(call)
             else:

@@ -105,6 +105,10 @@ class Principal:
     token: Secret | None = field(default=None, repr=False, compare=False, hash=False)
 
 
+NOBODY = Principal(subject="")
+"""Who a step is when no identify stage ran (stages used on their own): matches no role."""
+
+
 @dataclass(slots=True, frozen=True)
 class Route:
     """Where the resolve stage decided a step goes."""

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar, cast
 
@@ -236,7 +236,7 @@ class McpUpstream:
             raise TimeoutError(f"no answer within connect_timeout ({self.settings.connect_timeout:g}s)")
 
     def _connection_auth(self) -> httpx2.Auth | None:
-        return connection_auth(self.name, getattr(self.config, "auth", None), self._token_endpoint)
+        return connection_auth(getattr(self.config, "auth", None), self._token_endpoint)
 
     async def open_client(self, stack: AsyncExitStack, auth: httpx2.Auth | None) -> tuple[TappedTransport, Client]:
         """One MCP session to this upstream, presenting `auth`; closed with `stack`."""
@@ -674,17 +674,12 @@ class McpUpstream:
             raise UpstreamUnavailable(f"upstream {self.name!r} is not available ({why}); try again shortly")
         return client
 
-    @asynccontextmanager
-    async def _session_for(self, principal: Principal | None) -> AsyncIterator[Client]:
+    def _session_for(self, principal: Principal | None) -> contextlib.AbstractAsyncContextManager[Client]:
         """The session a request for `principal` goes over: the shared one, or — for an upstream
         that acts on the caller's behalf — that caller's own (see `DelegatedSessions`)."""
         client = self._require_client()
         delegated = self._delegated
-        if delegated is None:
-            yield client
-            return
-        async with delegated.session(principal) as own:
-            yield own
+        return contextlib.nullcontext(client) if delegated is None else delegated.session(principal)
 
     async def _send(
         self,

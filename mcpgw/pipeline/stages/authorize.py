@@ -13,10 +13,8 @@ from typing import Any
 from mcpgw.catalog import item_key
 from mcpgw.pipeline.chain import Next
 from mcpgw.pipeline.errors import PolicyDenied, UnknownTarget, unknown_target_message
-from mcpgw.pipeline.step import Principal, Step, StepKind
+from mcpgw.pipeline.step import NOBODY, Step, StepKind
 from mcpgw.policy.engine import Policy
-
-NOBODY = Principal(subject="")
 
 
 class Authorize:

@@ -23,12 +23,11 @@ from typing import Any
 from mcpgw.limits.base import Bucket, Limiter, LimiterUnavailable
 from mcpgw.pipeline.chain import Next
 from mcpgw.pipeline.errors import LimitsUnavailable, RateLimited
-from mcpgw.pipeline.step import Principal, Step, StepKind
+from mcpgw.pipeline.step import NOBODY, Principal, Step, StepKind
 from mcpgw.policy.engine import Policy, glob_matcher
 from mcpgw.policy.models import Limit as LimitRule
 
 CACHE_LIMIT = 200_000
-NOBODY = Principal(subject="")
 NO_ROLE = "-"
 """The per-role bucket of callers that hold none of the roles concerned."""
 
