@@ -6,6 +6,7 @@ real kit upstream over stdio, and where it matters compares with calling the kit
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +20,7 @@ import pytest
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.sse import sse_client
 
-from .conftest import KIT, PY, ROOT, gateway_stdio, namespaced_uris, wait_until, write_config
+from .conftest import KIT, PY, ROOT, gateway_stdio, namespaced_uris, stdio_server_toml, wait_until, write_config
 
 FRONTS = ["stdio-auto", "stdio-legacy", "http-auto", "http-legacy", "sse"]
 CALL_TIMEOUT = 3
@@ -233,3 +234,28 @@ def test_stdio_front_writes_only_protocol_to_stdout(kit_config: Path) -> None:
     assert {"kit__echo", "kit__content"} <= {tool["name"] for tool in answers[2]["result"]["tools"]}
     assert "upstream kit up" in err, "logs go to stderr"
     assert proc.returncode == 0, err[-2000:]
+
+
+def test_stdio_gateway_exits_promptly_when_stdin_closes(tmp_path: Path) -> None:
+    """An agent host kills a stdio server ~2 s after closing its stdin (the SDK's client does), so
+    the gateway must be gone by then or its last audit records and spans are lost. Nothing else
+    writes beside the config here (audit off), so a watcher that only wakes on file activity
+    would hold the exit back: this is the case that once took ~4.5 s."""
+    config = write_config(tmp_path, stdio_server_toml("kit", KIT) + "\n[audit]\nenabled = false\n")
+    proc = subprocess.Popen([PY, "-m", "mcpgw", "serve", "--config", str(config)], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdin and proc.stdout
+    try:
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}
+        proc.stdin.write(json.dumps(init) + "\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["id"] == 1
+        proc.stdin.close()
+        proc.stdin = None
+        proc.communicate(timeout=2.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode == 0
