@@ -191,7 +191,6 @@ async def test_call_times_out_at_the_configured_timeout(front: str, base: str | 
 
 def test_stdio_front_writes_only_protocol_to_stdout(kit_config: Path) -> None:
     """Drive the stdio front by hand: every stdout line must be a JSON-RPC message."""
-    import json
 
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}
